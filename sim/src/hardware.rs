@@ -1,0 +1,143 @@
+//! GPUs: the `[hardware]` scenario section and a catalog of datasheet
+//! figures (dense peak FLOPS, HBM capacity and bandwidth) the cost model and
+//! the KV capacity derive from.
+
+use serde::{Deserialize, Serialize};
+
+/// `[hardware]`: a catalog GPU, optionally with figures overridden inline,
+/// and how many of them (data-parallel replicas of one GPU each until tensor
+/// parallelism exists).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HardwareSpec {
+    #[serde(default = "default_gpu")]
+    pub gpu: String,
+    #[serde(default = "one")]
+    pub count: u32,
+    pub memory_gb: Option<f64>,
+    pub mem_bandwidth_gb_per_s: Option<f64>,
+    pub bf16_tflops: Option<f64>,
+}
+
+impl Default for HardwareSpec {
+    fn default() -> Self {
+        HardwareSpec { gpu: default_gpu(), count: 1, memory_gb: None, mem_bandwidth_gb_per_s: None, bf16_tflops: None }
+    }
+}
+
+fn default_gpu() -> String {
+    "h100-sxm".into()
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One GPU's figures in base units.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GpuConfig {
+    pub name: String,
+    pub memory_bytes: u64,
+    pub mem_bandwidth_bytes_per_s: f64,
+    /// Dense (no sparsity) bf16 tensor-core peak.
+    pub bf16_flops_per_s: f64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum HardwareError {
+    #[error("hardware.gpu: unknown GPU {0:?}; expected one of h100-sxm, h200, a100-80gb-sxm, l40s, or \"custom\" with every figure given")]
+    Unknown(String),
+    #[error("hardware.{0}: required for a custom GPU")]
+    Missing(&'static str),
+    #[error("hardware.{key}: must be a positive finite number, got {value}")]
+    NotPositive { key: &'static str, value: f64 },
+    #[error("hardware.count: must be at least 1")]
+    ZeroCount,
+}
+
+impl HardwareError {
+    /// The scenario key the error is about.
+    pub fn key(&self) -> String {
+        match self {
+            HardwareError::Unknown(_) => "hardware.gpu".into(),
+            HardwareError::Missing(k) | HardwareError::NotPositive { key: k, .. } => format!("hardware.{k}"),
+            HardwareError::ZeroCount => "hardware.count".into(),
+        }
+    }
+}
+
+/// (name, memory GB (10^9 B), bandwidth GB/s, dense bf16 TFLOPS).
+const CATALOG: [(&str, f64, f64, f64); 4] = [
+    // NVIDIA H100 Tensor Core GPU datasheet (SXM): 80 GB HBM3, 3.35 TB/s,
+    // bf16 1,979 TFLOPS with sparsity = 989.4 dense.
+    ("h100-sxm", 80.0, 3350.0, 989.4),
+    // NVIDIA H200 datasheet: 141 GB HBM3e, 4.8 TB/s, same compute as H100 SXM.
+    ("h200", 141.0, 4800.0, 989.4),
+    // NVIDIA A100 datasheet (80GB SXM): 2,039 GB/s, bf16 312 TFLOPS dense.
+    ("a100-80gb-sxm", 80.0, 2039.0, 312.0),
+    // NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s, bf16 733 TFLOPS with
+    // sparsity = 362.05 dense.
+    ("l40s", 48.0, 864.0, 362.05),
+];
+
+impl GpuConfig {
+    pub fn resolve(spec: &HardwareSpec) -> Result<GpuConfig, HardwareError> {
+        if spec.count == 0 {
+            return Err(HardwareError::ZeroCount);
+        }
+        let base = CATALOG.iter().find(|(n, ..)| *n == spec.gpu);
+        if base.is_none() && spec.gpu != "custom" {
+            return Err(HardwareError::Unknown(spec.gpu.clone()));
+        }
+        let pick = |over: Option<f64>, from: fn(&(&str, f64, f64, f64)) -> f64, key| {
+            let v = over.or(base.map(from)).ok_or(HardwareError::Missing(key))?;
+            if !(v.is_finite() && v > 0.0) {
+                return Err(HardwareError::NotPositive { key, value: v });
+            }
+            Ok(v)
+        };
+        Ok(GpuConfig {
+            name: spec.gpu.clone(),
+            memory_bytes: (pick(spec.memory_gb, |e| e.1, "memory_gb")? * 1e9) as u64,
+            mem_bandwidth_bytes_per_s: pick(spec.mem_bandwidth_gb_per_s, |e| e.2, "mem_bandwidth_gb_per_s")? * 1e9,
+            bf16_flops_per_s: pick(spec.bf16_tflops, |e| e.3, "bf16_tflops")? * 1e12,
+        })
+    }
+
+    /// The spec with every figure filled in, for `scenario.resolved.toml`.
+    pub fn to_spec(&self, count: u32) -> HardwareSpec {
+        HardwareSpec {
+            gpu: self.name.clone(),
+            count,
+            memory_gb: Some(self.memory_bytes as f64 / 1e9),
+            mem_bandwidth_gb_per_s: Some(self.mem_bandwidth_bytes_per_s / 1e9),
+            bf16_tflops: Some(self.bf16_flops_per_s / 1e12),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalog_and_overrides() {
+        let h = GpuConfig::resolve(&HardwareSpec::default()).unwrap();
+        assert_eq!(h.memory_bytes, 80_000_000_000);
+        assert_eq!(h.mem_bandwidth_bytes_per_s, 3.35e12);
+        let spec = HardwareSpec { gpu: "h200".into(), mem_bandwidth_gb_per_s: Some(4000.0), ..Default::default() };
+        let g = GpuConfig::resolve(&spec).unwrap();
+        assert_eq!((g.memory_bytes, g.mem_bandwidth_bytes_per_s), (141_000_000_000, 4.0e12));
+        assert_eq!(GpuConfig::resolve(&g.to_spec(1)).unwrap(), g);
+    }
+
+    #[test]
+    fn bad_hardware_is_an_error() {
+        let neg = HardwareSpec { bf16_tflops: Some(-1.0), ..Default::default() };
+        assert!(matches!(GpuConfig::resolve(&neg), Err(HardwareError::NotPositive { key: "bf16_tflops", .. })));
+        let custom = HardwareSpec { gpu: "custom".into(), ..Default::default() };
+        assert_eq!(GpuConfig::resolve(&custom), Err(HardwareError::Missing("memory_gb")));
+        let zero = HardwareSpec { count: 0, ..Default::default() };
+        assert_eq!(GpuConfig::resolve(&zero), Err(HardwareError::ZeroCount));
+    }
+}

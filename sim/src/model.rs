@@ -1,0 +1,263 @@
+//! Model architectures: the `[model]` scenario section, the catalog of
+//! published configs, and what the cost model and KV manager derive from
+//! them (parameter count, weight bytes, KV bytes per token, per-token FLOPs).
+
+use serde::{Deserialize, Serialize};
+
+/// Element type of weights, activations or the KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Dtype {
+    Fp32,
+    Bf16,
+    Fp16,
+    Fp8,
+}
+
+impl Dtype {
+    pub fn bytes(self) -> u64 {
+        match self {
+            Dtype::Fp32 => 4,
+            Dtype::Bf16 | Dtype::Fp16 => 2,
+            Dtype::Fp8 => 1,
+        }
+    }
+}
+
+/// `[model]`: a catalog name, optionally with any field overridden inline.
+/// With `name = "custom"` every architecture field must be given.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    #[serde(default = "default_model_name")]
+    pub name: String,
+    pub num_layers: Option<u32>,
+    pub hidden_size: Option<u32>,
+    pub intermediate_size: Option<u32>,
+    pub num_attention_heads: Option<u32>,
+    pub num_key_value_heads: Option<u32>,
+    pub head_dim: Option<u32>,
+    pub vocab_size: Option<u32>,
+    pub max_position_embeddings: Option<u32>,
+    pub tie_word_embeddings: Option<bool>,
+    pub dtype: Option<Dtype>,
+}
+
+fn default_model_name() -> String {
+    "llama-3.1-8b".into()
+}
+
+/// A fully resolved dense decoder-only transformer (Llama family: RMSNorm,
+/// GQA attention, SwiGLU MLP).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    pub name: String,
+    pub num_layers: u32,
+    pub hidden_size: u32,
+    pub intermediate_size: u32,
+    pub num_attention_heads: u32,
+    pub num_key_value_heads: u32,
+    pub head_dim: u32,
+    pub vocab_size: u32,
+    pub max_position_embeddings: u32,
+    pub tie_word_embeddings: bool,
+    pub dtype: Dtype,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum ModelError {
+    #[error("model.name: unknown model {0:?}; expected one of {CATALOG_NAMES} or \"custom\" with every field given")]
+    Unknown(String),
+    #[error("model.{0}: required for a custom model (no catalog entry to take it from)")]
+    Missing(&'static str),
+    #[error("model.{0}: must be at least 1")]
+    Zero(&'static str),
+    #[error("model.num_attention_heads ({heads}) must be a multiple of model.num_key_value_heads ({kv})")]
+    Gqa { heads: u32, kv: u32 },
+}
+
+impl ModelError {
+    /// The scenario key the error is about.
+    pub fn key(&self) -> String {
+        match self {
+            ModelError::Unknown(_) => "model.name".into(),
+            ModelError::Missing(k) | ModelError::Zero(k) => format!("model.{k}"),
+            ModelError::Gqa { .. } => "model.num_key_value_heads".into(),
+        }
+    }
+}
+
+const CATALOG_NAMES: &str = "llama-3.1-8b, llama-3.1-70b, mistral-7b-v0.3, qwen2.5-7b";
+
+#[allow(clippy::too_many_arguments)]
+const fn entry(
+    name: &'static str,
+    layers: u32,
+    hidden: u32,
+    inter: u32,
+    heads: u32,
+    kv: u32,
+    vocab: u32,
+    ctx: u32,
+    tied: bool,
+) -> (&'static str, [u32; 7], bool) {
+    (name, [layers, hidden, inter, heads, kv, vocab, ctx], tied)
+}
+
+/// Values from each model's published config.json; head_dim = hidden / heads
+/// for all of them.
+const CATALOG: [(&str, [u32; 7], bool); 4] = [
+    // huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json
+    entry("llama-3.1-8b", 32, 4096, 14336, 32, 8, 128_256, 131_072, false),
+    // huggingface.co/meta-llama/Llama-3.1-70B/blob/main/config.json
+    entry("llama-3.1-70b", 80, 8192, 28672, 64, 8, 128_256, 131_072, false),
+    // huggingface.co/mistralai/Mistral-7B-v0.3/blob/main/config.json
+    entry("mistral-7b-v0.3", 32, 4096, 14336, 32, 8, 32_768, 32_768, false),
+    // huggingface.co/Qwen/Qwen2.5-7B-Instruct/blob/main/config.json (q/k/v
+    // biases, 0.4M parameters, are not modelled)
+    entry("qwen2.5-7b", 28, 3584, 18944, 28, 4, 152_064, 32_768, false),
+];
+
+impl ModelConfig {
+    pub fn resolve(spec: &ModelSpec) -> Result<ModelConfig, ModelError> {
+        let base = CATALOG.iter().find(|(n, _, _)| *n == spec.name);
+        if base.is_none() && spec.name != "custom" {
+            return Err(ModelError::Unknown(spec.name.clone()));
+        }
+        let pick = |over: Option<u32>, idx: usize, key: &'static str| -> Result<u32, ModelError> {
+            let v = over
+                .or(base.map(|(_, v, _)| v[idx]))
+                .ok_or(ModelError::Missing(key))?;
+            if v == 0 {
+                return Err(ModelError::Zero(key));
+            }
+            Ok(v)
+        };
+        let hidden_size = pick(spec.hidden_size, 1, "hidden_size")?;
+        let num_attention_heads = pick(spec.num_attention_heads, 3, "num_attention_heads")?;
+        let num_key_value_heads = pick(spec.num_key_value_heads, 4, "num_key_value_heads")?;
+        if num_attention_heads % num_key_value_heads != 0 {
+            return Err(ModelError::Gqa { heads: num_attention_heads, kv: num_key_value_heads });
+        }
+        let head_dim = match spec.head_dim {
+            Some(0) => return Err(ModelError::Zero("head_dim")),
+            Some(d) => d,
+            None => (hidden_size / num_attention_heads).max(1),
+        };
+        Ok(ModelConfig {
+            name: spec.name.clone(),
+            num_layers: pick(spec.num_layers, 0, "num_layers")?,
+            hidden_size,
+            intermediate_size: pick(spec.intermediate_size, 2, "intermediate_size")?,
+            num_attention_heads,
+            num_key_value_heads,
+            head_dim,
+            vocab_size: pick(spec.vocab_size, 5, "vocab_size")?,
+            max_position_embeddings: pick(spec.max_position_embeddings, 6, "max_position_embeddings")?,
+            tie_word_embeddings: spec
+                .tie_word_embeddings
+                .or(base.map(|(_, _, t)| *t))
+                .ok_or(ModelError::Missing("tie_word_embeddings"))?,
+            dtype: spec.dtype.unwrap_or(Dtype::Bf16),
+        })
+    }
+
+    /// The spec with every field filled in, for `scenario.resolved.toml`.
+    pub fn to_spec(&self) -> ModelSpec {
+        ModelSpec {
+            name: self.name.clone(),
+            num_layers: Some(self.num_layers),
+            hidden_size: Some(self.hidden_size),
+            intermediate_size: Some(self.intermediate_size),
+            num_attention_heads: Some(self.num_attention_heads),
+            num_key_value_heads: Some(self.num_key_value_heads),
+            head_dim: Some(self.head_dim),
+            vocab_size: Some(self.vocab_size),
+            max_position_embeddings: Some(self.max_position_embeddings),
+            tie_word_embeddings: Some(self.tie_word_embeddings),
+            dtype: Some(self.dtype),
+        }
+    }
+
+    pub fn q_dim(&self) -> u64 {
+        self.num_attention_heads as u64 * self.head_dim as u64
+    }
+
+    pub fn kv_dim(&self) -> u64 {
+        self.num_key_value_heads as u64 * self.head_dim as u64
+    }
+
+    /// Parameters of one decoder layer: q, k, v, o projections, gate/up/down
+    /// MLP and two RMSNorm weight vectors.
+    pub fn layer_params(&self) -> u64 {
+        let h = self.hidden_size as u64;
+        let attn = h * (self.q_dim() + 2 * self.kv_dim()) + self.q_dim() * h;
+        let mlp = 3 * h * self.intermediate_size as u64;
+        attn + mlp + 2 * h
+    }
+
+    /// Embedding table plus, when untied, a separate LM head.
+    pub fn embedding_params(&self) -> u64 {
+        let e = self.vocab_size as u64 * self.hidden_size as u64;
+        if self.tie_word_embeddings {
+            e
+        } else {
+            2 * e
+        }
+    }
+
+    pub fn param_count(&self) -> u64 {
+        self.num_layers as u64 * self.layer_params() + self.embedding_params() + self.hidden_size as u64
+    }
+
+    pub fn weight_bytes(&self) -> u64 {
+        self.param_count() * self.dtype.bytes()
+    }
+
+    /// K and V for every layer: 2 × layers × kv_heads × head_dim × bytes.
+    pub fn kv_bytes_per_token(&self) -> u64 {
+        2 * self.num_layers as u64 * self.kv_dim() * self.dtype.bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn named(name: &str) -> ModelConfig {
+        ModelConfig::resolve(&ModelSpec { name: name.into(), ..Default::default() }).unwrap()
+    }
+
+    #[test]
+    fn llama_8b_derived_sizes_match_published_figures() {
+        let m = named("llama-3.1-8b");
+        // 8.03 B parameters (Meta's model card), 131,072 KV bytes per token (design.md).
+        assert_eq!(m.param_count(), 8_030_261_248);
+        assert_eq!(m.kv_bytes_per_token(), 131_072);
+        assert_eq!(m.head_dim, 128);
+    }
+
+    #[test]
+    fn llama_70b_and_qwen_param_counts() {
+        let p = named("llama-3.1-70b").param_count() as f64 / 1e9;
+        assert!((p - 70.55).abs() < 0.05, "{p}");
+        let q = named("qwen2.5-7b").param_count() as f64 / 1e9;
+        assert!((q - 7.61).abs() < 0.01, "{q}"); // Qwen reports 7.61 B
+    }
+
+    #[test]
+    fn inline_override_and_custom() {
+        let spec = ModelSpec { name: "llama-3.1-8b".into(), num_layers: Some(2), ..Default::default() };
+        assert_eq!(ModelConfig::resolve(&spec).unwrap().num_layers, 2);
+        let custom = ModelSpec { name: "custom".into(), num_layers: Some(2), ..Default::default() };
+        assert_eq!(ModelConfig::resolve(&custom), Err(ModelError::Missing("hidden_size")));
+        let bad = ModelSpec { name: "gpt-9".into(), ..Default::default() };
+        assert!(ModelConfig::resolve(&bad).unwrap_err().to_string().contains("llama-3.1-8b"));
+    }
+
+    #[test]
+    fn resolved_spec_round_trips() {
+        let m = named("mistral-7b-v0.3");
+        assert_eq!(ModelConfig::resolve(&m.to_spec()).unwrap(), m);
+    }
+}

@@ -1,0 +1,205 @@
+//! One serving replica: its queues, KV block pool and batching policy, and
+//! the shared half of the loop that is not a decision — admitting arrivals,
+//! applying a step's outcome (tokens, first-token and inter-token times,
+//! finished requests freeing their blocks at once). The simulator and the
+//! engine both drive a replica through `enqueue → schedule → update`.
+
+use crate::kv::BlockManager;
+use crate::metrics::{Metrics, RequestRecord, Status, StepRecord};
+use crate::sched::{Effects, Limits, Policy, Queues, Seq};
+use crate::step::{StepOutcome, StepPlan};
+use crate::workload::Request;
+
+pub struct Replica {
+    pub id: u32,
+    limits: Limits,
+    policy: Box<dyn Policy + Send>,
+    kv: BlockManager,
+    q: Queues,
+    plan: StepPlan,
+    aborted: Vec<(Seq, &'static str)>,
+    /// Figures at plan time, reported with the step.
+    planned: StepRecord,
+}
+
+impl Replica {
+    pub fn new(id: u32, limits: Limits, kv: BlockManager, policy: Box<dyn Policy + Send>) -> Self {
+        Replica {
+            id,
+            limits,
+            policy,
+            kv,
+            q: Queues::default(),
+            plan: StepPlan::default(),
+            aborted: Vec::new(),
+            planned: StepRecord {
+                start_ns: 0,
+                replica: id,
+                duration_ns: 0,
+                prefill_seqs: 0,
+                prefill_tokens: 0,
+                decode_seqs: 0,
+                kv_blocks_used: 0,
+                kv_blocks_total: 0,
+                waiting: 0,
+                running: 0,
+                preempted: 0,
+            },
+        }
+    }
+
+    pub fn kv(&self) -> &BlockManager {
+        &self.kv
+    }
+
+    pub fn queues(&self) -> &Queues {
+        &self.q
+    }
+
+    pub fn plan(&self) -> &StepPlan {
+        &self.plan
+    }
+
+    /// Why a request can never be served here, if it cannot.
+    fn refusal(&self, r: &Request) -> Option<&'static str> {
+        let total = r.input_tokens as u64 + r.output_tokens as u64;
+        if r.input_tokens == 0 {
+            Some("empty_prompt")
+        } else if r.output_tokens == 0 {
+            Some("zero_output_tokens")
+        } else if total > self.limits.max_model_len as u64 {
+            Some("exceeds_max_model_len")
+        } else if r.input_tokens > self.limits.max_num_batched_tokens {
+            // Without chunked prefill a prompt must fit one step (vLLM v0
+            // ignores such prompts with "Input prompt is too long").
+            Some("prompt_exceeds_max_num_batched_tokens")
+        } else if self.kv.blocks_for(total as u32) + self.limits.watermark_blocks > self.kv.num_blocks() {
+            // It could never hold its whole sequence in KV, even alone.
+            Some("exceeds_kv_capacity")
+        } else {
+            None
+        }
+    }
+
+    /// A request arrives (its arrival already counted in `metrics`).
+    pub fn enqueue(&mut self, r: Request, now_ns: u64, metrics: &mut Metrics) -> Result<(), csv::Error> {
+        match self.refusal(&r) {
+            Some(reason) => {
+                let seq = Seq::new(r);
+                metrics.on_finish(&self.record(&seq, Status::Rejected, reason, now_ns))
+            }
+            None => {
+                self.q.waiting.push_back(Seq::new(r));
+                Ok(())
+            }
+        }
+    }
+
+    pub fn has_work(&self) -> bool {
+        !self.q.waiting.is_empty() || !self.q.running.is_empty()
+    }
+
+    /// Plans the next step; false when there is nothing to run.
+    pub fn schedule(&mut self, now_ns: u64, metrics: &mut Metrics) -> Result<bool, csv::Error> {
+        self.plan.clear();
+        let mut preempted = 0;
+        loop {
+            let fx = Effects { preempted: &mut preempted, aborted: &mut self.aborted };
+            self.policy.schedule(&self.limits, &mut self.q, &mut self.kv, &mut self.plan, fx);
+            let idle = self.plan.is_empty() && self.q.running.is_empty();
+            if idle && self.aborted.is_empty() {
+                // Requests waiting with nothing running and nothing planned
+                // would stall forever. refusal() rules that out; should it
+                // happen anyway, the head is reported, never silently stuck.
+                if let Some(seq) = self.q.waiting.pop_front() {
+                    self.aborted.push((seq, "unschedulable"));
+                }
+            }
+            for (mut seq, reason) in std::mem::take(&mut self.aborted) {
+                self.kv.release(&mut seq.blocks);
+                metrics.on_finish(&self.record(&seq, Status::Aborted, reason, now_ns))?;
+            }
+            // Re-plan only if everything running was just preempted or
+            // dropped while requests still wait.
+            if !idle || self.q.waiting.is_empty() {
+                break;
+            }
+        }
+        for _ in 0..preempted {
+            metrics.on_preemption();
+        }
+        let p = &mut self.planned;
+        p.start_ns = now_ns;
+        p.kv_blocks_used = self.kv.num_used();
+        p.kv_blocks_total = self.kv.num_blocks();
+        p.waiting = self.q.waiting.len() as u32;
+        p.running = self.q.running.len() as u32;
+        p.preempted = preempted;
+        Ok(!self.plan.is_empty())
+    }
+
+    /// Applies the outcome of the planned step, which ended at `end_ns`.
+    pub fn update(&mut self, outcome: &StepOutcome, end_ns: u64, metrics: &mut Metrics) -> Result<(), csv::Error> {
+        let (mut prefill_seqs, mut prefill_tokens, mut decode_seqs) = (0, 0, 0);
+        for it in &self.plan.items {
+            if it.new_tokens > 1 || it.context_tokens == 0 {
+                prefill_seqs += 1;
+                prefill_tokens += it.new_tokens;
+            } else {
+                decode_seqs += 1;
+            }
+            let seq = &mut self.q.running[it.slot as usize];
+            debug_assert_eq!(seq.id, it.req, "plan slots are stable until update");
+            seq.computed += it.new_tokens;
+            if it.samples && seq.computed == seq.known_tokens() {
+                if seq.generated == 0 {
+                    seq.first_token_ns = end_ns;
+                } else {
+                    metrics.on_itl(end_ns - seq.last_token_ns);
+                }
+                seq.last_token_ns = end_ns;
+                seq.generated += 1;
+            }
+        }
+        let p = &mut self.planned;
+        p.duration_ns = outcome.duration_ns;
+        p.prefill_seqs = prefill_seqs;
+        p.prefill_tokens = prefill_tokens;
+        p.decode_seqs = decode_seqs;
+        metrics.on_step(p)?;
+
+        let mut err = Ok(());
+        let (id, kv) = (self.id, &mut self.kv);
+        self.q.running.retain_mut(|seq| {
+            if !seq.is_done() {
+                return true;
+            }
+            kv.release(&mut seq.blocks);
+            if err.is_ok() {
+                err = metrics.on_finish(&record(id, seq, Status::Completed, "", end_ns));
+            }
+            false
+        });
+        err
+    }
+
+    fn record(&self, seq: &Seq, status: Status, reason: &'static str, now_ns: u64) -> RequestRecord {
+        record(self.id, seq, status, reason, now_ns)
+    }
+}
+
+fn record(replica: u32, seq: &Seq, status: Status, reason: &'static str, now_ns: u64) -> RequestRecord {
+    RequestRecord {
+        id: seq.id,
+        replica,
+        status,
+        reason,
+        arrival_ns: seq.arrival_ns,
+        first_token_ns: seq.first_token_ns,
+        finish_ns: now_ns,
+        input_tokens: seq.input_tokens,
+        output_tokens: seq.output_tokens,
+        generated_tokens: seq.generated,
+        preemptions: seq.preemptions,
+    }
+}

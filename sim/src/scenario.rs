@@ -1,0 +1,309 @@
+//! Scenarios: the TOML file a user writes, `--set key=value` overrides, the
+//! checks serde cannot do, and the resolved deployment (model, GPU, KV
+//! capacity, limits) a run needs. Every bad input names the file, line and
+//! column, the key path and what was expected.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cost::CostSpec;
+use crate::hardware::{GpuConfig, HardwareSpec};
+use crate::kv::kv_capacity_blocks;
+use crate::metrics::SloSpec;
+use crate::model::{ModelConfig, ModelSpec};
+use crate::sched::{Limits, SchedulerSpec};
+use crate::workload::{WorkloadError, WorkloadSpec};
+
+/// A whole scenario file.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Seeds every random draw of the run.
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub model: ModelSpec,
+    #[serde(default)]
+    pub hardware: HardwareSpec,
+    #[serde(default)]
+    pub parallelism: ParallelismSpec,
+    #[serde(default)]
+    pub scheduler: SchedulerSpec,
+    #[serde(default)]
+    pub workload: WorkloadSpec,
+    #[serde(default)]
+    pub cost: CostSpec,
+    #[serde(default)]
+    pub slo: SloSpec,
+    #[serde(default)]
+    pub output: OutputSpec,
+}
+
+/// `[parallelism]`. Data parallelism is `hardware.count`; tensor and
+/// pipeline parallelism are validated here and arrive with their cost model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ParallelismSpec {
+    pub tp: u32,
+    pub pp: u32,
+}
+
+impl Default for ParallelismSpec {
+    fn default() -> Self {
+        ParallelismSpec { tp: 1, pp: 1 }
+    }
+}
+
+/// `[output]`: which per-row files a run writes (off for huge runs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OutputSpec {
+    pub requests_csv: bool,
+    pub steps_csv: bool,
+}
+
+impl Default for OutputSpec {
+    fn default() -> Self {
+        OutputSpec { requests_csv: true, steps_csv: true }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    #[error("{path}: cannot read: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{at}: {msg}")]
+    Syntax { at: Location, msg: String },
+    #[error("{at}: {key}: {msg}")]
+    Invalid { at: Location, key: String, msg: String },
+    #[error("--set {arg}: {msg}")]
+    Override { arg: String, msg: String },
+}
+
+/// Where in which file; line and column 1-based when known.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Location {
+    pub file: PathBuf,
+    pub line_col: Option<(usize, usize)>,
+    /// Set when the value came from `--set` rather than the file.
+    pub set_by: Option<String>,
+}
+
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((l, c)) = self.line_col {
+            write!(f, ":{l}:{c}")?;
+        }
+        if let Some(arg) = &self.set_by {
+            write!(f, " (value from --set {arg})")?;
+        }
+        Ok(())
+    }
+}
+
+/// A parsed, validated scenario and everything derived from it.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    /// The file's stem: runs go to runs/<name>/.
+    pub name: String,
+    pub path: PathBuf,
+    /// Relative paths in the scenario (traces) resolve against this.
+    pub base_dir: PathBuf,
+    /// With every default filled in.
+    pub scenario: Scenario,
+    pub model: ModelConfig,
+    pub gpu: GpuConfig,
+    pub kv_blocks_per_replica: u32,
+    pub limits: Limits,
+}
+
+/// Reads `path`, applies `overrides` (`a.b=value`, the value parsed as a TOML
+/// value, else taken as a string) and `seed`, validates and resolves.
+pub fn load(path: &Path, overrides: &[String], seed: Option<u64>) -> Result<Loaded, ScenarioError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ScenarioError::Io { path: path.into(), source })?;
+    let mut all = overrides.to_vec();
+    if let Some(s) = seed {
+        all.push(format!("seed={s}"));
+    }
+    load_str(&text, path, &all)
+}
+
+pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded, ScenarioError> {
+    let file = Source { path, overrides };
+    let mut doc: toml_edit::DocumentMut = text.parse().map_err(|e: toml_edit::TomlError| ScenarioError::Syntax {
+        at: file.at_offset(text, e.span().map(|s| s.start)),
+        msg: e.message().to_string(),
+    })?;
+    for arg in overrides {
+        apply_override(&mut doc, arg)?;
+    }
+    let text = doc.to_string();
+    let de = toml::Deserializer::new(&text);
+    let mut scenario: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        let at = file.at_key_or_offset(&text, &key, inner.span().map(|s| s.start));
+        ScenarioError::Invalid { at, key, msg: inner.message().trim().to_string() }
+    })?;
+    let invalid = |(key, msg): (String, String)| ScenarioError::Invalid { at: file.at_key(&text, &key), key, msg };
+    validate(&scenario).map_err(invalid)?;
+    let model = ModelConfig::resolve(&scenario.model).map_err(|e| invalid((e.key(), e.to_string())))?;
+    let gpu = GpuConfig::resolve(&scenario.hardware).map_err(|e| invalid((e.key(), e.to_string())))?;
+    let s = &mut scenario;
+    let max_model_len = *s.scheduler.max_model_len.get_or_insert(model.max_position_embeddings);
+    if max_model_len > model.max_position_embeddings {
+        let msg = format!("at most the model's context, {} tokens, got {max_model_len}", model.max_position_embeddings);
+        return Err(invalid(("scheduler.max_model_len".into(), msg)));
+    }
+    let sch = &s.scheduler;
+    let kv_blocks = kv_capacity_blocks(
+        &model,
+        &gpu,
+        sch.gpu_memory_utilization,
+        sch.block_size_tokens,
+        sch.max_num_batched_tokens,
+        sch.max_num_seqs,
+    )
+    .map_err(|e| invalid(("model.name".into(), e.to_string())))?;
+    let limits = Limits {
+        max_num_seqs: sch.max_num_seqs,
+        max_num_batched_tokens: sch.max_num_batched_tokens,
+        max_model_len,
+        watermark_blocks: (sch.watermark * kv_blocks as f64) as u32,
+    };
+    s.model = model.to_spec();
+    s.hardware = gpu.to_spec(s.hardware.count);
+    Ok(Loaded {
+        name: path.file_stem().map_or("scenario".into(), |s| s.to_string_lossy().into_owned()),
+        path: path.into(),
+        base_dir: path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        scenario,
+        model,
+        gpu,
+        kv_blocks_per_replica: kv_blocks,
+        limits,
+    })
+}
+
+impl Scenario {
+    /// The resolved scenario as TOML, for `scenario.resolved.toml`.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("a scenario always serializes")
+    }
+}
+
+fn validate(s: &Scenario) -> Result<(), (String, String)> {
+    for (key, v) in [("parallelism.tp", s.parallelism.tp), ("parallelism.pp", s.parallelism.pp)] {
+        if v != 1 {
+            let msg = format!(
+                "1 (tensor and pipeline parallelism are not modelled yet; use hardware.count for \
+                 data-parallel replicas), got {v}"
+            );
+            return Err((key.into(), msg));
+        }
+    }
+    s.scheduler.validate()?;
+    s.cost.validate()?;
+    s.slo.validate()?;
+    s.workload.validate().map_err(|e| match e {
+        WorkloadError::Invalid { key, value, expected } => (key, format!("expected {expected}, got {value}")),
+        other => ("workload".into(), other.to_string()),
+    })?;
+    Ok(())
+}
+
+/// Sets `a.b.c = value` in the document, creating tables on the way.
+fn apply_override(doc: &mut toml_edit::DocumentMut, arg: &str) -> Result<(), ScenarioError> {
+    let err = |msg: &str| ScenarioError::Override { arg: arg.into(), msg: msg.into() };
+    let (key, raw) = arg.split_once('=').ok_or_else(|| err("expected KEY=VALUE, e.g. workload.rate_per_s=20"))?;
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    if parts.iter().any(|p| p.is_empty()) {
+        return Err(err("empty key segment"));
+    }
+    let raw = raw.trim();
+    // A TOML literal keeps its type (20 → integer, [1,2] → array); anything
+    // else is a bare string (h200 → "h200").
+    let value = raw.parse::<toml_edit::Value>().unwrap_or_else(|_| toml_edit::Value::from(raw));
+    let mut table = doc.as_table_mut();
+    for part in &parts[..parts.len() - 1] {
+        let item = table.entry(part).or_insert_with(toml_edit::table);
+        if let Some(t) = item.as_inline_table_mut() {
+            // Inline tables (input_tokens = { dist = … }) convert to regular ones.
+            let t = std::mem::take(t).into_table();
+            *item = toml_edit::Item::Table(t);
+        }
+        table = item.as_table_mut().ok_or_else(|| err(&format!("{part} is not a table")))?;
+    }
+    table.insert(parts[parts.len() - 1], toml_edit::Item::Value(value));
+    Ok(())
+}
+
+/// The scenario file and the overrides, for locating errors.
+struct Source<'a> {
+    path: &'a Path,
+    overrides: &'a [String],
+}
+
+impl Source<'_> {
+    fn at_offset(&self, text: &str, offset: Option<usize>) -> Location {
+        let line_col = offset.map(|o| {
+            let before = &text[..o.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+            (line, col)
+        });
+        Location { file: self.path.into(), line_col, set_by: None }
+    }
+
+    /// The key's own position in the (overridden) document, else its
+    /// nearest enclosing table's; and which --set wrote it, if one did.
+    fn at_key(&self, text: &str, key: &str) -> Location {
+        self.at_key_or_offset(text, key, None)
+    }
+
+    fn at_key_or_offset(&self, text: &str, key: &str, offset: Option<usize>) -> Location {
+        let set_by = self
+            .overrides
+            .iter()
+            .find(|a| a.split_once('=').is_some_and(|(k, _)| key.starts_with(k.trim())))
+            .cloned();
+        let span = offset.or_else(|| key_span(text, key));
+        Location { set_by, ..self.at_offset(text, span) }
+    }
+}
+
+fn key_span(text: &str, key: &str) -> Option<usize> {
+    let doc = toml_edit::ImDocument::parse(text).ok()?;
+    let mut parts: Vec<&str> = key.split('.').collect();
+    while !parts.is_empty() {
+        let mut item = doc.as_item();
+        let mut found = true;
+        for p in &parts {
+            match item.get(p) {
+                Some(next) => item = next,
+                None => {
+                    found = false;
+                    break;
+                }
+            }
+        }
+        if found {
+            let table = doc.as_table();
+            // A value's span, or for a table its header's key.
+            if let Some(span) = item.span() {
+                return Some(span.start);
+            }
+            if parts.len() == 1 {
+                if let Some((k, _)) = table.get_key_value(parts[0]) {
+                    if let Some(s) = k.span() {
+                        return Some(s.start);
+                    }
+                }
+            }
+        }
+        parts.pop();
+    }
+    None
+}

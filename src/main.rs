@@ -1,0 +1,175 @@
+//! The servetwin command line.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use servetwin_sim::cost::Roofline;
+use servetwin_sim::des::{simulate, SimError};
+use servetwin_sim::metrics::Summary;
+use servetwin_sim::output::{open_run_dir, write_summary};
+use servetwin_sim::scenario::{self, Loaded, ScenarioError};
+
+#[derive(Parser)]
+#[command(name = "servetwin", version, about = "Predict how an LLM serving deployment performs")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Simulate a scenario: prints a summary, writes a run directory.
+    Simulate {
+        /// Scenario TOML file.
+        scenario: PathBuf,
+        /// Override any scenario key, typed as in the schema: --set workload.rate_per_s=20
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Run directory (default: runs/<scenario>/<run-id>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Seed for every random draw (overrides the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+}
+
+/// Bad input exits 2 (design.md); anything else that fails exits 1.
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            let bad_input = e.chain().any(|c| {
+                c.is::<ScenarioError>() || matches!(c.downcast_ref::<SimError>(), Some(SimError::Workload(_)))
+            });
+            ExitCode::from(if bad_input { 2 } else { 1 })
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Simulate { scenario, set, out, seed, quiet } => {
+            let loaded = scenario::load(&scenario, &set, seed)?;
+            let dir = out.unwrap_or_else(|| default_run_dir(&loaded.name));
+            let summary = run_simulation(&loaded, &dir, quiet)?;
+            if !quiet {
+                print_summary(&loaded, &summary);
+                println!("run written to {}", dir.display());
+            }
+            Ok(())
+        }
+    }
+}
+
+fn run_simulation(loaded: &Loaded, dir: &Path, quiet: bool) -> anyhow::Result<Summary> {
+    let s = &loaded.scenario;
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
+        let bar = indicatif::ProgressBar::new(loaded_expected(loaded));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} requests ({per_sec})")
+                .expect("valid template"),
+        );
+        bar
+    });
+    let mut open_err = None;
+    let summary = simulate(
+        loaded,
+        || Roofline::new(&loaded.model, &loaded.gpu, &s.cost),
+        |m| open_err = open_run_dir(dir, loaded, m).err(),
+        |done| {
+            if let Some(b) = &bar {
+                if done % 1024 == 0 {
+                    b.set_position(done);
+                }
+            }
+        },
+    );
+    if let Some(e) = open_err {
+        return Err(e).context("creating the run directory");
+    }
+    let summary = summary?;
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    write_summary(dir, &summary)?;
+    Ok(summary)
+}
+
+fn loaded_expected(loaded: &Loaded) -> u64 {
+    loaded.scenario.workload.num_requests.unwrap_or(0)
+}
+
+/// runs/<scenario>/<UTC time>[-n]/: a new directory for every run.
+fn default_run_dir(name: &str) -> PathBuf {
+    let base = Path::new("runs").join(name);
+    let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+    let mut dir = base.join(&stamp);
+    let mut n = 2;
+    while dir.exists() {
+        dir = base.join(format!("{stamp}-{n}"));
+        n += 1;
+    }
+    dir
+}
+
+/// The table vLLM's `bench serve` prints, plus servetwin's system figures.
+fn print_summary(loaded: &Loaded, s: &Summary) {
+    let sc = &loaded.scenario;
+    let line = |k: &str, v: String| println!("{k:<40}{v:>12}");
+    println!("{:=^52}", " servetwin simulation ");
+    println!(
+        "{} on {} × {}, policy {:?}, {} KV blocks/replica",
+        sc.model.name,
+        sc.hardware.count,
+        sc.hardware.gpu,
+        sc.scheduler.policy,
+        loaded.kv_blocks_per_replica
+    );
+    line("Successful requests:", s.completed.to_string());
+    if s.rejected + s.aborted > 0 {
+        line("Rejected / aborted requests:", format!("{} / {}", s.rejected, s.aborted));
+        for (reason, n) in &s.not_completed_reasons {
+            line(&format!("  {reason}:"), n.to_string());
+        }
+    }
+    line("Benchmark duration (s):", format!("{:.2}", s.duration));
+    line("Total input tokens:", s.total_input_tokens.to_string());
+    line("Total generated tokens:", s.total_output_tokens.to_string());
+    line("Request throughput (req/s):", format!("{:.2}", s.request_throughput));
+    if sc.slo.ttft_ms.is_some() || sc.slo.tpot_ms.is_some() || sc.slo.e2el_ms.is_some() {
+        line("Request goodput (req/s):", format!("{:.2}", s.goodput));
+    }
+    line("Output token throughput (tok/s):", format!("{:.2}", s.output_throughput));
+    line("Total token throughput (tok/s):", format!("{:.2}", s.total_token_throughput));
+    let metric = |title: &str, name: &str, v: [f64; 4]| {
+        println!("{:-^52}", format!(" {title} "));
+        for (stat, x) in ["Mean", "Median", "P90", "P99"].iter().zip(v) {
+            line(&format!("{stat} {name} (ms):"), format!("{x:.2}"));
+        }
+    };
+    metric("Time to First Token", "TTFT", [s.mean_ttft_ms, s.median_ttft_ms, s.p90_ttft_ms, s.p99_ttft_ms]);
+    metric("Time per Output Token (excl. 1st token)", "TPOT", [s.mean_tpot_ms, s.median_tpot_ms, s.p90_tpot_ms, s.p99_tpot_ms]);
+    metric("Inter-token Latency", "ITL", [s.mean_itl_ms, s.median_itl_ms, s.p90_itl_ms, s.p99_itl_ms]);
+    metric("End-to-end Latency", "E2EL", [s.mean_e2el_ms, s.median_e2el_ms, s.p90_e2el_ms, s.p99_e2el_ms]);
+    println!("{:-^52}", " System ");
+    line("Mean / max KV-cache usage (%):", format!("{:.1} / {:.1}", 100.0 * s.mean_kv_cache_usage, 100.0 * s.max_kv_cache_usage));
+    line("Mean / max waiting requests:", format!("{:.1} / {}", s.mean_waiting, s.max_waiting));
+    line("Mean running requests:", format!("{:.1}", s.mean_running));
+    line("Mean requests in system:", format!("{:.1}", s.mean_requests_in_system));
+    line("Replica busy (%):", format!("{:.1}", 100.0 * s.replica_busy_fraction));
+    line("Steps / preemptions:", format!("{} / {}", s.num_steps, s.num_preemptions));
+    if sc.slo.ttft_ms.is_some() || sc.slo.tpot_ms.is_some() || sc.slo.e2el_ms.is_some() {
+        let verdict = if s.slo_met { "met".to_string() } else { format!("MISSED ({})", s.slo_violated.join(", ")) };
+        line(&format!("SLO at p{}:", s.slo_percentile), verdict);
+    }
+    println!("{:=^52}", "");
+}
