@@ -45,7 +45,17 @@ impl BlockManager {
     }
 
     /// Grows `table` until it holds `tokens` tokens; all or nothing.
+    #[inline]
     pub fn grow(&mut self, table: &mut Vec<BlockId>, tokens: u32) -> bool {
+        // The common decode case: the last block still has room (no division).
+        if (table.len() as u64) * (self.block_size as u64) >= tokens as u64 {
+            return true;
+        }
+        self.grow_slow(table, tokens)
+    }
+
+    #[inline(never)]
+    fn grow_slow(&mut self, table: &mut Vec<BlockId>, tokens: u32) -> bool {
         let need = self.blocks_for(tokens).saturating_sub(table.len() as u32);
         if need > self.num_free() {
             return false;

@@ -140,7 +140,7 @@ impl Replica {
 
     /// Applies the outcome of the planned step, which ended at `end_ns`.
     pub fn update(&mut self, outcome: &StepOutcome, end_ns: u64, metrics: &mut Metrics) -> Result<(), csv::Error> {
-        let (mut prefill_seqs, mut prefill_tokens, mut decode_seqs) = (0, 0, 0);
+        let (mut prefill_seqs, mut prefill_tokens, mut decode_seqs, mut finished) = (0, 0, 0, 0);
         for it in &self.plan.items {
             if it.new_tokens > 1 || it.context_tokens == 0 {
                 prefill_seqs += 1;
@@ -159,6 +159,7 @@ impl Replica {
                 }
                 seq.last_token_ns = end_ns;
                 seq.generated += 1;
+                finished += seq.is_done() as u32;
             }
         }
         let p = &mut self.planned;
@@ -168,6 +169,9 @@ impl Replica {
         p.decode_seqs = decode_seqs;
         metrics.on_step(p)?;
 
+        if finished == 0 {
+            return Ok(());
+        }
         let mut err = Ok(());
         let (id, kv) = (self.id, &mut self.kv);
         self.q.running.retain_mut(|seq| {

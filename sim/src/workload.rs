@@ -64,6 +64,8 @@ pub enum ArrivalKind {
 pub struct WorkloadSpec {
     pub arrival: ArrivalKind,
     pub rate_per_s: f64,
+    /// None means every trace row; without a trace, deserializing fills in 1000 (and
+    /// `Workload::open` treats None the same), so `Default` has Some(1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_requests: Option<u64>,
     pub concurrency: u32,
