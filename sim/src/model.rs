@@ -26,7 +26,7 @@ impl Dtype {
 
 /// `[model]`: a catalog name, optionally with any field overridden inline.
 /// With `name = "custom"` every architecture field must be given.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     #[serde(default = "default_model_name")]
@@ -41,6 +41,24 @@ pub struct ModelSpec {
     pub max_position_embeddings: Option<u32>,
     pub tie_word_embeddings: Option<bool>,
     pub dtype: Option<Dtype>,
+}
+
+impl Default for ModelSpec {
+    fn default() -> Self {
+        ModelSpec {
+            name: default_model_name(),
+            num_layers: None,
+            hidden_size: None,
+            intermediate_size: None,
+            num_attention_heads: None,
+            num_key_value_heads: None,
+            head_dim: None,
+            vocab_size: None,
+            max_position_embeddings: None,
+            tie_word_embeddings: None,
+            dtype: None,
+        }
+    }
 }
 
 fn default_model_name() -> String {

@@ -147,7 +147,11 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         let at = file.at_key_or_offset(&text, &key, inner.span().map(|s| s.start));
         ScenarioError::Invalid { at, key, msg: inner.message().trim().to_string() }
     })?;
-    let invalid = |(key, msg): (String, String)| ScenarioError::Invalid { at: file.at_key(&text, &key), key, msg };
+    let invalid = |(key, msg): (String, String)| {
+        // Catalog errors name their key themselves; say it once.
+        let msg = msg.strip_prefix(&format!("{key}: ")).map_or(msg.clone(), str::to_string);
+        ScenarioError::Invalid { at: file.at_key(&text, &key), key, msg }
+    };
     validate(&scenario).map_err(invalid)?;
     let model = ModelConfig::resolve(&scenario.model).map_err(|e| invalid((e.key(), e.to_string())))?;
     let gpu = GpuConfig::resolve(&scenario.hardware).map_err(|e| invalid((e.key(), e.to_string())))?;
