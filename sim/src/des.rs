@@ -109,6 +109,10 @@ impl<E: Executor> Simulation<E> {
         })
     }
 
+    pub fn replicas(&self) -> &[Replica] {
+        &self.replicas
+    }
+
     pub fn expected_requests(&self) -> Option<u64> {
         self.workload.expected_total()
     }
@@ -135,7 +139,7 @@ impl<E: Executor> Simulation<E> {
 
     /// Runs to completion; `progress` hears the number of requests that
     /// have left the system after each event that changed it.
-    pub fn run(mut self, mut progress: impl FnMut(u64)) -> Result<Summary, SimError> {
+    pub fn run(&mut self, mut progress: impl FnMut(u64)) -> Result<Summary, SimError> {
         match self.mode {
             ArrivalMode::Open => self.release_next(None)?,
             ArrivalMode::ClosedLoop { concurrency, .. } => {

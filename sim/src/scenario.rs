@@ -171,6 +171,8 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         sch.max_num_seqs,
     )
     .map_err(|e| invalid(("model.name".into(), e.to_string())))?;
+    // The override replaces the size, not the check that the weights fit.
+    let kv_blocks = sch.num_gpu_blocks_override.unwrap_or(kv_blocks);
     let limits = Limits {
         max_num_seqs: sch.max_num_seqs,
         max_num_batched_tokens: sch.max_num_batched_tokens,

@@ -35,6 +35,9 @@ pub struct SchedulerSpec {
     pub watermark: f64,
     /// Longest prompt + output served; default: the model's context.
     pub max_model_len: Option<u32>,
+    /// KV blocks per replica, instead of sizing the cache from GPU memory
+    /// (vLLM's `num_gpu_blocks_override`).
+    pub num_gpu_blocks_override: Option<u32>,
 }
 
 impl Default for SchedulerSpec {
@@ -47,6 +50,7 @@ impl Default for SchedulerSpec {
             gpu_memory_utilization: 0.9,
             watermark: 0.01,
             max_model_len: None,
+            num_gpu_blocks_override: None,
         }
     }
 }
@@ -58,6 +62,7 @@ impl SchedulerSpec {
             ("max_num_batched_tokens", self.max_num_batched_tokens),
             ("block_size_tokens", self.block_size_tokens),
             ("max_model_len", self.max_model_len.unwrap_or(1)),
+            ("num_gpu_blocks_override", self.num_gpu_blocks_override.unwrap_or(1)),
         ];
         for (key, v) in positive {
             if v == 0 {
