@@ -97,3 +97,69 @@ fn schedule_decodes(limits: &Limits, q: &mut Queues, kv: &mut BlockManager, plan
         i += 1;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sched::Seq;
+    use crate::workload::Request;
+
+    fn seq(id: u64, input_tokens: u32) -> Seq {
+        Seq::new(Request { id, arrival_ns: 0, input_tokens, output_tokens: 100, prefix_hashes: Vec::new() })
+    }
+
+    fn limits(watermark_blocks: u32) -> Limits {
+        Limits { max_num_seqs: 3, max_num_batched_tokens: 100, max_model_len: 1000, watermark_blocks }
+    }
+
+    fn plan_once(l: &Limits, q: &mut Queues, kv: &mut BlockManager) -> (StepPlan, u32) {
+        let (mut plan, mut preempted, mut aborted) = (StepPlan::default(), 0, Vec::new());
+        Vllm.schedule(l, q, kv, &mut plan, Effects { preempted: &mut preempted, aborted: &mut aborted });
+        assert!(aborted.is_empty());
+        (plan, preempted)
+    }
+
+    #[test]
+    fn admits_fcfs_within_budget_seq_cap_and_watermark() {
+        let mut kv = BlockManager::new(10, 10);
+        let mut q = Queues::default();
+        q.waiting.extend([seq(0, 40), seq(1, 40), seq(2, 30), seq(3, 5)]);
+        // Token budget 100: 40 + 40 fit, 30 would not; FCFS stops there.
+        let (plan, _) = plan_once(&limits(0), &mut q, &mut kv);
+        let ids: Vec<_> = plan.items.iter().map(|i| (i.req, i.new_tokens, i.context_tokens)).collect();
+        assert_eq!(ids, vec![(0, 40, 0), (1, 40, 0)]);
+        assert_eq!(kv.num_free(), 2);
+        // Next iteration: 3 blocks needed for request 2, 2 free → decodes.
+        let (plan, preempted) = plan_once(&limits(0), &mut q, &mut kv);
+        assert_eq!(preempted, 0);
+        assert!(plan.items.iter().all(|i| i.new_tokens == 1));
+        assert_eq!(plan.items.len(), 2);
+    }
+
+    #[test]
+    fn watermark_holds_back_admission() {
+        let mut kv = BlockManager::new(10, 10);
+        let mut q = Queues::default();
+        q.waiting.push_back(seq(0, 90)); // 9 blocks; with 2 kept free only 8 usable
+        assert!(plan_once(&limits(2), &mut q, &mut kv).0.is_empty());
+        assert!(!plan_once(&limits(1), &mut q, &mut kv).0.is_empty());
+    }
+
+    #[test]
+    fn out_of_blocks_preempts_the_newest_then_itself() {
+        let mut kv = BlockManager::new(4, 10);
+        let mut q = Queues::default();
+        q.waiting.extend([seq(0, 20), seq(1, 20)]);
+        plan_once(&limits(0), &mut q, &mut kv);
+        for s in &mut q.running {
+            s.computed = 20;
+            s.generated = 1; // 21 known tokens: the next decode needs a third block
+        }
+        let (plan, preempted) = plan_once(&limits(0), &mut q, &mut kv);
+        assert_eq!(preempted, 1);
+        assert_eq!(plan.preempted, vec![1]);
+        assert_eq!(plan.items.iter().map(|i| i.req).collect::<Vec<_>>(), vec![0]);
+        assert_eq!((q.waiting[0].id, q.waiting[0].computed, q.waiting[0].preemptions), (1, 0, 1));
+        assert_eq!(kv.num_free(), 1);
+    }
+}
