@@ -422,7 +422,7 @@ fn wrong_type_is_named() {
 
 #[test]
 fn negative_rate_is_refused() {
-    expect_bad_input("[workload]\nrate_per_s = -1.0\n", &[], &["{file}:2:", "workload.rate_per_s", "> 0"]);
+    expect_bad_input("[workload]\nrate_per_s = -1.0\n", &[], &["{file}:2:", "workload.rate_per_s", "a rate between 1e-3 and 1e9 per second, got -1.0"]);
 }
 
 #[test]
@@ -550,4 +550,26 @@ fn default_run_dir_is_runs_stem_and_new_per_run() {
     }
     let printed = stdout.lines().find_map(|l| l.strip_prefix("run written to ")).expect("run dir printed");
     assert!(scratch.path().join(printed).join("summary.json").is_file(), "printed {printed}");
+}
+
+#[test]
+fn degenerate_values_are_refused_not_panicked_on() {
+    let cases: [(&str, &[&str]); 4] = [
+        ("[workload]\narrival = \"gamma\"\ncv = 1e-200\n", &["{file}:3:", "workload.cv"]),
+        ("[scheduler]\nmax_model_len = 1\n", &["{file}:2:", "scheduler.max_model_len"]),
+        ("[hardware]\nmemory_gb = 1e300\n", &["KV pool of at most"]),
+        ("[hardware]\ncount = 100000\n", &["{file}:2:", "hardware.count"]),
+    ];
+    for (scenario, expected) in cases {
+        expect_bad_input(scenario, &[], expected);
+    }
+}
+
+#[test]
+fn fixed_lengths_too_long_for_the_context_are_rejected_not_rewritten() {
+    let scratch = Scratch::new();
+    let body = "[scheduler]\nmax_model_len = 512\n[workload]\nnum_requests = 20\ninput_tokens = 400\noutput_tokens = 200\n";
+    let summary = run_ok(&scratch.write("s.toml", body), &[]).summary();
+    assert_eq!(u64_of(&summary, "rejected"), 20);
+    assert_eq!(summary["not_completed_reasons"]["exceeds_max_model_len"], 20);
 }

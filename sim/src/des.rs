@@ -9,7 +9,7 @@ use std::collections::BinaryHeap;
 use crate::cost::CostModel;
 use crate::kv::BlockManager;
 use crate::metrics::{Metrics, Summary};
-use crate::replica::Replica;
+use crate::replica::{Planned, Replica};
 use crate::scenario::Loaded;
 use crate::sched::new_policy;
 use crate::step::{Executor, StepOutcome};
@@ -36,10 +36,13 @@ struct Event {
 enum What {
     StepDone(u32),
     Arrival(Request),
+    /// A replica's policy asked to look again (e.g. a batching timeout).
+    Wake(u32),
 }
 
 const STEP_DONE: u8 = 0;
 const ARRIVAL: u8 = 1;
+const WAKE: u8 = 2;
 
 impl Event {
     fn key(&self) -> (u64, u8, u64) {
@@ -121,6 +124,7 @@ impl<E: Executor> Simulation<E> {
         let kind = match what {
             What::StepDone(_) => STEP_DONE,
             What::Arrival(_) => ARRIVAL,
+            What::Wake(_) => WAKE,
         };
         self.events.push(Reverse(Event { time_ns, kind, seq: self.next_seq, what }));
         self.next_seq += 1;
@@ -163,6 +167,7 @@ impl<E: Executor> Simulation<E> {
                     }
                     r
                 }
+                What::Wake(r) => r as usize,
                 What::StepDone(r) => {
                     let r = r as usize;
                     self.busy[r] = false;
@@ -181,11 +186,15 @@ impl<E: Executor> Simulation<E> {
         if self.busy[r] || !self.replicas[r].has_work() {
             return Ok(());
         }
-        if self.replicas[r].schedule(now, &mut self.metrics)? {
-            self.executors[r].execute(self.replicas[r].plan(), &mut self.outcomes[r]);
-            let done = now + self.outcomes[r].duration_ns;
-            self.busy[r] = true;
-            self.push(done, What::StepDone(r as u32));
+        match self.replicas[r].schedule(now, &mut self.metrics)? {
+            Planned::Run => {
+                self.executors[r].execute(self.replicas[r].plan(), &mut self.outcomes[r]);
+                let done = now + self.outcomes[r].duration_ns;
+                self.busy[r] = true;
+                self.push(done, What::StepDone(r as u32));
+            }
+            Planned::WakeAt(t) => self.push(t, What::Wake(r as u32)),
+            Planned::Idle => {}
         }
         Ok(())
     }

@@ -33,6 +33,9 @@ fn one() -> u32 {
     1
 }
 
+/// Replicas one simulation holds (each keeps its own KV pool in memory).
+pub const MAX_GPUS: u32 = 4096;
+
 /// One GPU's figures in base units.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuConfig {
@@ -51,8 +54,8 @@ pub enum HardwareError {
     Missing(&'static str),
     #[error("hardware.{key}: must be a positive finite number, got {value}")]
     NotPositive { key: &'static str, value: f64 },
-    #[error("hardware.count: must be at least 1")]
-    ZeroCount,
+    #[error("hardware.count: must be between 1 and {MAX_GPUS}, got {0}")]
+    BadCount(u32),
 }
 
 impl HardwareError {
@@ -61,7 +64,7 @@ impl HardwareError {
         match self {
             HardwareError::Unknown(_) => "hardware.gpu".into(),
             HardwareError::Missing(k) | HardwareError::NotPositive { key: k, .. } => format!("hardware.{k}"),
-            HardwareError::ZeroCount => "hardware.count".into(),
+            HardwareError::BadCount(_) => "hardware.count".into(),
         }
     }
 }
@@ -82,8 +85,8 @@ const CATALOG: [(&str, f64, f64, f64); 4] = [
 
 impl GpuConfig {
     pub fn resolve(spec: &HardwareSpec) -> Result<GpuConfig, HardwareError> {
-        if spec.count == 0 {
-            return Err(HardwareError::ZeroCount);
+        if spec.count == 0 || spec.count > MAX_GPUS {
+            return Err(HardwareError::BadCount(spec.count));
         }
         let base = CATALOG.iter().find(|(n, ..)| *n == spec.gpu);
         if base.is_none() && spec.gpu != "custom" {
@@ -138,6 +141,6 @@ mod tests {
         let custom = HardwareSpec { gpu: "custom".into(), ..Default::default() };
         assert_eq!(GpuConfig::resolve(&custom), Err(HardwareError::Missing("memory_gb")));
         let zero = HardwareSpec { count: 0, ..Default::default() };
-        assert_eq!(GpuConfig::resolve(&zero), Err(HardwareError::ZeroCount));
+        assert_eq!(GpuConfig::resolve(&zero), Err(HardwareError::BadCount(0)));
     }
 }

@@ -10,7 +10,7 @@ use crate::metrics::{Metrics, Summary};
 use crate::scenario::Loaded;
 
 #[derive(Debug, thiserror::Error)]
-#[error("{path}: {source}")]
+#[error("{path}")]
 pub struct OutputError {
     pub path: PathBuf,
     pub source: std::io::Error,

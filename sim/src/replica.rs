@@ -6,9 +6,21 @@
 
 use crate::kv::BlockManager;
 use crate::metrics::{Metrics, RequestRecord, Status, StepRecord};
-use crate::sched::{Effects, Limits, Policy, Queues, Seq};
+use crate::sched::{Ctx, Limits, Policy, Queues, Seq};
 use crate::step::{StepOutcome, StepPlan};
 use crate::workload::Request;
+
+/// What `schedule` found to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Planned {
+    /// A step is planned: execute `plan()`.
+    Run,
+    /// Nothing to run now; schedule again at this time unless something
+    /// (an arrival) comes first.
+    WakeAt(u64),
+    /// Nothing to run until something changes.
+    Idle,
+}
 
 pub struct Replica {
     pub id: u32,
@@ -69,10 +81,8 @@ impl Replica {
             Some("zero_output_tokens")
         } else if total > self.limits.max_model_len as u64 {
             Some("exceeds_max_model_len")
-        } else if r.input_tokens > self.limits.max_num_batched_tokens {
-            // Without chunked prefill a prompt must fit one step (vLLM v0
-            // ignores such prompts with "Input prompt is too long").
-            Some("prompt_exceeds_max_num_batched_tokens")
+        } else if let Some(reason) = self.policy.refusal(&self.limits, r) {
+            Some(reason)
         } else if self.kv.blocks_for(total as u32) + self.limits.watermark_blocks > self.kv.num_blocks() {
             // It could never hold its whole sequence in KV, even alone.
             Some("exceeds_kv_capacity")
@@ -99,15 +109,25 @@ impl Replica {
         !self.q.waiting.is_empty() || !self.q.running.is_empty()
     }
 
-    /// Plans the next step; false when there is nothing to run.
-    pub fn schedule(&mut self, now_ns: u64, metrics: &mut Metrics) -> Result<bool, csv::Error> {
+    /// Plans the next step: `Run` when there is one; otherwise whether the
+    /// policy wants to look again at a later time.
+    pub fn schedule(&mut self, now_ns: u64, metrics: &mut Metrics) -> Result<Planned, csv::Error> {
         self.plan.clear();
-        let mut preempted = 0;
+        let mut wake_at_ns;
         loop {
-            let fx = Effects { preempted: &mut preempted, aborted: &mut self.aborted };
-            self.policy.schedule(&self.limits, &mut self.q, &mut self.kv, &mut self.plan, fx);
+            let mut cx = Ctx {
+                now_ns,
+                limits: &self.limits,
+                q: &mut self.q,
+                kv: &mut self.kv,
+                plan: &mut self.plan,
+                aborted: &mut self.aborted,
+                wake_at_ns: None,
+            };
+            self.policy.schedule(&mut cx);
+            wake_at_ns = cx.wake_at_ns;
             let idle = self.plan.is_empty() && self.q.running.is_empty();
-            if idle && self.aborted.is_empty() {
+            if idle && self.aborted.is_empty() && wake_at_ns.is_none() {
                 // Requests waiting with nothing running and nothing planned
                 // would stall forever. refusal() rules that out; should it
                 // happen anyway, the head is reported, never silently stuck.
@@ -121,10 +141,11 @@ impl Replica {
             }
             // Re-plan only if everything running was just preempted or
             // dropped while requests still wait.
-            if !idle || self.q.waiting.is_empty() {
+            if !idle || self.q.waiting.is_empty() || wake_at_ns.is_some() {
                 break;
             }
         }
+        let preempted = self.plan.preempted.len() as u32;
         for _ in 0..preempted {
             metrics.on_preemption();
         }
@@ -135,7 +156,11 @@ impl Replica {
         p.waiting = self.q.waiting.len() as u32;
         p.running = self.q.running.len() as u32;
         p.preempted = preempted;
-        Ok(!self.plan.is_empty())
+        Ok(match wake_at_ns {
+            _ if !self.plan.is_empty() => Planned::Run,
+            Some(t) => Planned::WakeAt(t.max(now_ns + 1)),
+            None => Planned::Idle,
+        })
     }
 
     /// Applies the outcome of the planned step, which ended at `end_ns`.

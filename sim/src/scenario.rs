@@ -13,7 +13,10 @@ use crate::kv::kv_capacity_blocks;
 use crate::metrics::SloSpec;
 use crate::model::{ModelConfig, ModelSpec};
 use crate::sched::{Limits, SchedulerSpec};
-use crate::workload::{WorkloadError, WorkloadSpec};
+use crate::workload::{Workload, WorkloadError, WorkloadSpec};
+
+/// Beyond this a pool's bookkeeping (8 B a block) stops being small.
+const MAX_KV_BLOCKS: u32 = 1 << 26;
 
 /// A whole scenario file.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
@@ -71,7 +74,7 @@ impl Default for OutputSpec {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScenarioError {
-    #[error("{path}: cannot read: {source}")]
+    #[error("{path}: cannot read")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("{at}: {msg}")]
     Syntax { at: Location, msg: String },
@@ -179,12 +182,33 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         max_model_len,
         watermark_blocks: (sch.watermark * kv_blocks as f64) as u32,
     };
+    if kv_blocks > MAX_KV_BLOCKS {
+        let msg = format!(
+            "a KV pool of at most {MAX_KV_BLOCKS} blocks per replica; this deployment has {kv_blocks} \
+             (raise scheduler.block_size_tokens or lower the memory)"
+        );
+        return Err(invalid(("scheduler.block_size_tokens".into(), msg)));
+    }
     s.model = model.to_spec();
     s.hardware = gpu.to_spec(s.hardware.count);
+    let base_dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    if let Some(t) = &mut s.workload.trace {
+        // Absolute, so the resolved scenario re-runs from the run directory.
+        let p = base_dir.join(&t.path);
+        t.path = std::path::absolute(&p).unwrap_or(p);
+    }
+    // Open the workload once now so a missing or malformed trace is reported
+    // as bad input against its key, before any output is written.
+    Workload::open(&s.workload, s.seed, max_model_len, &base_dir)
+        .and_then(|mut w| w.next_request().map(drop))
+        .map_err(|e| match e {
+            WorkloadError::Invalid { key, value, expected } => invalid((key, format!("expected {expected}, got {value}"))),
+            other => invalid(("workload.trace.path".into(), other.to_string())),
+        })?;
     Ok(Loaded {
         name: path.file_stem().map_or("scenario".into(), |s| s.to_string_lossy().into_owned()),
         path: path.into(),
-        base_dir: path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf),
+        base_dir,
         scenario,
         model,
         gpu,
@@ -273,10 +297,18 @@ impl Source<'_> {
         let set_by = self
             .overrides
             .iter()
-            .find(|a| a.split_once('=').is_some_and(|(k, _)| key.starts_with(k.trim())))
+            .find(|a| {
+                a.split_once('=').is_some_and(|(k, _)| {
+                    let k = k.trim();
+                    key.starts_with(k) || (!key.is_empty() && k.starts_with(key))
+                })
+            })
             .cloned();
-        let span = offset.or_else(|| key_span(text, key));
-        Location { set_by, ..self.at_offset(text, span) }
+        if set_by.is_some() {
+            // The value is not in the file: a line there would mislead.
+            return Location { file: self.path.into(), line_col: None, set_by };
+        }
+        self.at_offset(text, offset.or_else(|| key_span(text, key)))
     }
 }
 

@@ -30,6 +30,11 @@ use rand_distr::{Distribution, Gamma, LogNormal, Normal};
 use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
 
+const MIN_RATE_PER_S: f64 = 1e-3;
+const MAX_RATE_PER_S: f64 = 1e9;
+/// Arrivals beyond this (≈ 146 years) are an error rather than a wrapped clock.
+const MAX_ARRIVAL_NS: f64 = (1u64 << 62) as f64;
+
 /// Synthetic request count when `num_requests` is omitted.
 pub const DEFAULT_NUM_REQUESTS: u64 = 1000;
 /// ShareGPT mean prompt / output lengths in tokens: Kwon et al., "Efficient Memory Management
@@ -254,11 +259,12 @@ impl WorkloadError {
     }
 }
 
-fn invalid(key: &str, value: impl Display, expected: impl Into<String>) -> WorkloadError {
-    WorkloadError::Invalid { key: key.into(), value: value.to_string(), expected: expected.into() }
+/// Values print as Debug: 1e-200 rather than 0.000…0001.
+fn invalid(key: &str, value: impl std::fmt::Debug, expected: impl Into<String>) -> WorkloadError {
+    WorkloadError::Invalid { key: key.into(), value: format!("{value:?}"), expected: expected.into() }
 }
 
-fn check(ok: bool, key: &str, value: impl Display, expected: &str) -> Result<(), WorkloadError> {
+fn check(ok: bool, key: &str, value: impl std::fmt::Debug, expected: &str) -> Result<(), WorkloadError> {
     if ok { Ok(()) } else { Err(invalid(key, value, expected)) }
 }
 
@@ -290,7 +296,9 @@ impl WorkloadSpec {
         let synthetic = self.trace.is_none();
         if synthetic && matches!(self.arrival, Poisson | Constant | Gamma) {
             let r = self.rate_per_s;
-            check(r.is_finite() && r > 0.0, "workload.rate_per_s", r, "a finite rate > 0 (per second)")?;
+            // Bounded so that simulated time (u64 ns, 584 years) cannot overflow.
+            let ok = (MIN_RATE_PER_S..=MAX_RATE_PER_S).contains(&r);
+            check(ok, "workload.rate_per_s", r, "a rate between 1e-3 and 1e9 per second")?;
         }
         if let Some(n) = self.num_requests {
             check(n >= 1, "workload.num_requests", n, "at least 1")?;
@@ -298,10 +306,12 @@ impl WorkloadSpec {
         if self.arrival == ClosedLoop {
             check(self.concurrency >= 1, "workload.concurrency", self.concurrency, "at least 1 user")?;
             let t = self.think_time_ms;
-            check(t.is_finite() && t >= 0.0, "workload.think_time_ms", t, "a finite time >= 0")?;
+            check((0.0..=1e9).contains(&t), "workload.think_time_ms", t, "a time between 0 and 1e9 ms")?;
         }
         if synthetic && self.arrival == Gamma {
-            check(self.cv.is_finite() && self.cv > 0.0, "workload.cv", self.cv, "a finite number > 0")?;
+            // Outside this range the gamma distribution degenerates (shape 1/cv² under- or overflows).
+            let ok = (0.01..=100.0).contains(&self.cv);
+            check(ok, "workload.cv", self.cv, "a coefficient of variation between 0.01 and 100")?;
         }
         if synthetic {
             check_length(&self.input_tokens, "workload.input_tokens")?;
@@ -330,8 +340,9 @@ enum Source {
 }
 
 impl Workload {
-    /// Validates `spec` and opens it. Synthetic lengths are clipped to the context: input to
-    /// [1, max_model_len − 1], output to [1, max_model_len − input]; trace lengths are not.
+    /// Validates `spec` and opens it. Lengths drawn from a distribution are clipped to the
+    /// context: input to [1, max_model_len − 1], output to [1, max_model_len − input]; fixed
+    /// and trace lengths are not (the scheduler refuses what cannot fit, with the reason).
     pub fn open(
         spec: &WorkloadSpec,
         seed: u64,
@@ -372,7 +383,13 @@ impl Workload {
             return Ok(None);
         }
         let req = match &mut self.source {
-            Source::Synthetic(s) => s.next(self.next_id),
+            Source::Synthetic(s) => {
+                if s.clock_ns > MAX_ARRIVAL_NS {
+                    let why = "arrivals within 146 years of simulated time (fewer requests or a higher rate)";
+                    return Err(invalid("workload.num_requests", self.next_id, why));
+                }
+                s.next(self.next_id)
+            }
             Source::Trace(t) => match t.next(self.next_id)? {
                 Some(r) => r,
                 None => return Ok(None),
@@ -429,7 +446,9 @@ impl Sampler {
 
     fn sample(&self, rng: &mut ChaCha8Rng, hi: u32) -> u32 {
         let x = match self {
-            Sampler::Fixed(v) => *v as f64,
+            // A fixed length is what the user asked for: never rewritten; a request
+            // too long for the context is refused by the scheduler, with its reason.
+            Sampler::Fixed(v) => return *v,
             Sampler::Uniform(a, b) => rng.random_range(*a..=*b) as f64,
             Sampler::Normal(d) => d.sample(rng).round(),
             Sampler::LogNormal(d) => d.sample(rng).round(),
@@ -470,7 +489,10 @@ impl Synthetic {
     fn next(&mut self, id: u64) -> Request {
         let arrival_ns = match &self.gaps {
             Gaps::Zero => 0,
-            Gaps::Constant { period_ns } => (id as f64 * period_ns).round() as u64,
+            Gaps::Constant { period_ns } => {
+                self.clock_ns = (id + 1) as f64 * period_ns;
+                (id as f64 * period_ns).round() as u64
+            }
             Gaps::Random(g) => {
                 let t = self.clock_ns;
                 self.clock_ns += g.sample(&mut self.arrival_rng);
@@ -478,7 +500,8 @@ impl Synthetic {
             }
         };
         let input_tokens = self.input.sample(&mut self.input_rng, self.max_model_len - 1);
-        let output_tokens = self.output.sample(&mut self.output_rng, self.max_model_len - input_tokens);
+        let left = self.max_model_len.saturating_sub(input_tokens).max(1);
+        let output_tokens = self.output.sample(&mut self.output_rng, left);
         Request { id, arrival_ns, input_tokens, output_tokens, prefix_hashes: Vec::new() }
     }
 }

@@ -69,6 +69,9 @@ impl SchedulerSpec {
                 return Err((format!("scheduler.{key}"), "an integer ≥ 1, got 0".into()));
             }
         }
+        if self.max_model_len.is_some_and(|l| l < 2) {
+            return Err(("scheduler.max_model_len".into(), "at least 2 tokens (1 prompt + 1 output)".into()));
+        }
         let u = self.gpu_memory_utilization;
         if !(u > 0.0 && u <= 1.0) {
             return Err(("scheduler.gpu_memory_utilization".into(), format!("a fraction in (0, 1], got {u}")));
@@ -156,20 +159,32 @@ pub struct Queues {
     pub running: Vec<Seq>,
 }
 
-/// What a policy may do to the world besides planning.
-pub struct Effects<'a> {
-    /// Sequences evicted to the waiting queue this step (counted by metrics).
-    pub preempted: &'a mut u32,
+/// Everything a policy sees and may change when it plans one iteration.
+pub struct Ctx<'a> {
+    pub now_ns: u64,
+    pub limits: &'a Limits,
+    pub q: &'a mut Queues,
+    pub kv: &'a mut BlockManager,
+    /// The plan being built (cleared before the call). Items refer to
+    /// `q.running` by index (`slot`) and stay valid until the step's update.
+    pub plan: &'a mut StepPlan,
     /// Sequences dropped with a reason; the replica reports them.
     pub aborted: &'a mut Vec<(Seq, &'static str)>,
+    /// When nothing is planned but the policy wants another look later
+    /// (e.g. a batching timeout), the time to wake the replica.
+    pub wake_at_ns: Option<u64>,
 }
 
-/// A batching policy: turns the queues into the next step's plan.
+/// A batching policy: turns the queues into the next step's plan. Sequences
+/// admitted now move from `waiting` to `running` here, their blocks
+/// allocated; preempted ones are recorded in `plan.preempted`.
 pub trait Policy {
-    /// Plans one iteration into `plan` (already cleared). Items refer to
-    /// `q.running` by index (`slot`); sequences admitted now are moved from
-    /// `waiting` to `running` here, as are their blocks allocated.
-    fn schedule(&mut self, limits: &Limits, q: &mut Queues, kv: &mut BlockManager, plan: &mut StepPlan, fx: Effects<'_>);
+    fn schedule(&mut self, cx: &mut Ctx<'_>);
+
+    /// Why this policy can never serve `r` (beyond the common checks).
+    fn refusal(&self, _limits: &Limits, _r: &Request) -> Option<&'static str> {
+        None
+    }
 }
 
 /// Evicts `seq` to recompute later (vLLM PreemptionMode.RECOMPUTE): its KV

@@ -7,19 +7,26 @@
 //! sequence needs a block and none is free, the newest running sequence is
 //! preempted by recompute (possibly the sequence itself).
 
-use super::{preempt_recompute, Effects, Limits, Policy, Queues};
+use super::{preempt_recompute, Ctx, Limits, Policy, Queues, Seq};
 use crate::kv::BlockManager;
 use crate::step::{PlanItem, StepPlan};
+use crate::workload::Request;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Vllm;
 
 impl Policy for Vllm {
-    fn schedule(&mut self, limits: &Limits, q: &mut Queues, kv: &mut BlockManager, plan: &mut StepPlan, fx: Effects<'_>) {
-        schedule_prefills(limits, q, kv, plan, fx.aborted);
-        if plan.is_empty() {
-            schedule_decodes(limits, q, kv, plan, fx.preempted);
+    fn schedule(&mut self, cx: &mut Ctx<'_>) {
+        schedule_prefills(cx.limits, cx.q, cx.kv, cx.plan, cx.aborted);
+        if cx.plan.is_empty() {
+            schedule_decodes(cx.limits, cx.q, cx.kv, cx.plan);
         }
+    }
+
+    fn refusal(&self, limits: &Limits, r: &Request) -> Option<&'static str> {
+        // Without chunked prefill a prompt must fit one step (vLLM v0
+        // ignores such prompts with "Input prompt is too long").
+        (r.input_tokens > limits.max_num_batched_tokens).then_some("prompt_exceeds_max_num_batched_tokens")
     }
 }
 
@@ -28,7 +35,7 @@ fn schedule_prefills(
     q: &mut Queues,
     kv: &mut BlockManager,
     plan: &mut StepPlan,
-    aborted: &mut Vec<(super::Seq, &'static str)>,
+    aborted: &mut Vec<(Seq, &'static str)>,
 ) {
     let mut budget = limits.max_num_batched_tokens;
     while let Some(seq) = q.waiting.front() {
@@ -63,7 +70,7 @@ fn schedule_prefills(
     }
 }
 
-fn schedule_decodes(limits: &Limits, q: &mut Queues, kv: &mut BlockManager, plan: &mut StepPlan, preempted: &mut u32) {
+fn schedule_decodes(limits: &Limits, q: &mut Queues, kv: &mut BlockManager, plan: &mut StepPlan) {
     let mut budget = limits.max_num_batched_tokens;
     let mut i = 0;
     while i < q.running.len() && budget > 0 {
@@ -74,7 +81,6 @@ fn schedule_decodes(limits: &Limits, q: &mut Queues, kv: &mut BlockManager, plan
             let mut victim = q.running.pop().expect("sequence i is running");
             preempt_recompute(&mut victim, kv);
             plan.preempted.push(victim.id);
-            *preempted += 1;
             let was_self = q.running.len() == i;
             q.waiting.push_front(victim);
             if was_self {
@@ -101,8 +107,6 @@ fn schedule_decodes(limits: &Limits, q: &mut Queues, kv: &mut BlockManager, plan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sched::Seq;
-    use crate::workload::Request;
 
     fn seq(id: u64, input_tokens: u32) -> Seq {
         Seq::new(Request { id, arrival_ns: 0, input_tokens, output_tokens: 100, prefix_hashes: Vec::new() })
@@ -112,11 +116,13 @@ mod tests {
         Limits { max_num_seqs: 3, max_num_batched_tokens: 100, max_model_len: 1000, watermark_blocks }
     }
 
-    fn plan_once(l: &Limits, q: &mut Queues, kv: &mut BlockManager) -> (StepPlan, u32) {
-        let (mut plan, mut preempted, mut aborted) = (StepPlan::default(), 0, Vec::new());
-        Vllm.schedule(l, q, kv, &mut plan, Effects { preempted: &mut preempted, aborted: &mut aborted });
+    fn plan_once(limits: &Limits, q: &mut Queues, kv: &mut BlockManager) -> (StepPlan, u32) {
+        let (mut plan, mut aborted) = (StepPlan::default(), Vec::new());
+        let mut cx = Ctx { now_ns: 0, limits, q, kv, plan: &mut plan, aborted: &mut aborted, wake_at_ns: None };
+        Vllm.schedule(&mut cx);
         assert!(aborted.is_empty());
-        (plan, preempted)
+        let n = plan.preempted.len() as u32;
+        (plan, n)
     }
 
     #[test]

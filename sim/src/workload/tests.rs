@@ -125,10 +125,16 @@ fn uniform_within_bounds_and_clipping_to_context() {
     let reqs = all(&spec("input_tokens = { dist = \"uniform\", min = 3, max = 9 }\noutput_tokens = 7"), 0, 4096);
     assert!(reqs.iter().all(|r| (3..=9).contains(&r.input_tokens) && r.output_tokens == 7));
     assert!((3..=9).all(|v| reqs.iter().any(|r| r.input_tokens == v)));
-    let s = spec("input_tokens = { dist = \"normal\", mean = 100.0, std = 80.0 }\noutput_tokens = 500");
+    let s = spec(
+        "input_tokens = { dist = \"normal\", mean = 100.0, std = 80.0 }\n\
+         output_tokens = { dist = \"uniform\", min = 400, max = 600 }",
+    );
     let reqs = all(&s, 0, 128);
     assert!(reqs.iter().all(|r| (1..=127).contains(&r.input_tokens) && r.input_tokens + r.output_tokens == 128));
     assert!(reqs.iter().any(|r| r.input_tokens == 127) && reqs.iter().any(|r| r.input_tokens == 1));
+    // A fixed length is never rewritten: the scheduler refuses what cannot fit.
+    let fixed = all(&spec("input_tokens = 400\noutput_tokens = 200"), 0, 512);
+    assert!(fixed.iter().all(|r| (r.input_tokens, r.output_tokens) == (400, 200)));
 }
 
 #[test]
@@ -206,12 +212,15 @@ fn missing_file_and_missing_column_are_named() {
 fn validate_names_the_first_bad_key() {
     let e = spec("rate_per_s = -1.0").validate().unwrap_err();
     assert_eq!(e.key(), Some("workload.rate_per_s"));
-    assert!(e.to_string().starts_with("workload.rate_per_s = -1: expected"), "{e}");
+    assert!(e.to_string().starts_with("workload.rate_per_s = -1.0: expected"), "{e}");
     let bad = [
         ("input_tokens = { dist = \"lognormal\", mean = 0.0, sigma = 1.0 }", "workload.input_tokens.mean"),
         ("output_tokens = { dist = \"uniform\", min = 9, max = 2 }", "workload.output_tokens.max"),
         ("output_tokens = 0", "workload.output_tokens"),
         ("arrival = \"gamma\"\ncv = 0.0", "workload.cv"),
+        ("arrival = \"gamma\"\ncv = 1e-200", "workload.cv"),
+        ("rate_per_s = 1e-300", "workload.rate_per_s"),
+        ("arrival = \"closed_loop\"\nthink_time_ms = 1e300", "workload.think_time_ms"),
         ("arrival = \"closed_loop\"\nconcurrency = 0", "workload.concurrency"),
         ("num_requests = 0", "workload.num_requests"),
         ("trace = { path = \"t.csv\", time_scale = 0.0 }", "workload.trace.time_scale"),
