@@ -9,6 +9,7 @@ pub mod kv;
 pub mod metrics;
 pub mod model;
 pub mod output;
+pub mod prefix;
 pub mod replica;
 pub mod scenario;
 pub mod sched;
