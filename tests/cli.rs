@@ -554,10 +554,12 @@ fn default_run_dir_is_runs_stem_and_new_per_run() {
 
 #[test]
 fn degenerate_values_are_refused_not_panicked_on() {
-    let cases: [(&str, &[&str]); 4] = [
+    let cases: [(&str, &[&str]); 6] = [
         ("[workload]\narrival = \"gamma\"\ncv = 1e-200\n", &["{file}:3:", "workload.cv"]),
         ("[scheduler]\nmax_model_len = 1\n", &["{file}:2:", "scheduler.max_model_len"]),
-        ("[hardware]\nmemory_gb = 1e300\n", &["KV pool of at most"]),
+        ("[hardware]\nmemory_gb = 1e300\n", &["{file}:2:", "hardware.memory_gb"]),
+        ("[hardware]\nmemory_gb = 100000.0\n[scheduler]\nblock_size_tokens = 1\n", &["KV pool of at most"]),
+        ("[cost]\nstep_overhead_us = 1e300\n", &["{file}:2:", "cost.step_overhead_us"]),
         ("[hardware]\ncount = 100000\n", &["{file}:2:", "hardware.count"]),
     ];
     for (scenario, expected) in cases {

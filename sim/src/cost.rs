@@ -60,16 +60,17 @@ impl CostSpec {
                 return Err((format!("cost.{key}"), format!("a fraction in (0, 1], got {v}")));
             }
         }
-        if !(self.step_overhead_us >= 0.0 && self.step_overhead_us.is_finite()) {
+        // Bounded (a second) so simulated time stays far from overflow.
+        if !(0.0..=1e6).contains(&self.step_overhead_us) {
             let v = self.step_overhead_us;
-            return Err(("cost.step_overhead_us".into(), format!("a finite number ≥ 0, got {v}")));
+            return Err(("cost.step_overhead_us".into(), format!("a number of microseconds in [0, 1e6], got {v}")));
         }
         Ok(())
     }
 }
 
 /// The ops a step's time is broken down into.
-pub const OPS: [&str; 8] = ["qkv", "attn_prefill", "attn_decode", "o_proj", "mlp", "norms", "lm_head", "overhead"];
+pub const OPS: [&str; 9] = ["qkv", "attn_prefill", "attn_decode", "o_proj", "mlp", "norms", "lm_head", "overhead", "swap"];
 
 /// A step's duration and where it went (seconds per op, indexed like `OPS`).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -90,6 +91,8 @@ pub struct Roofline {
     bytes_per_s: f64,
     attn_flops_per_s: f64,
     overhead_s: f64,
+    /// Seconds to move one token's KV over the host link.
+    swap_s_per_token: f64,
     // Per-layer constants, derived once.
     hidden: f64,
     q_dim: f64,
@@ -107,6 +110,7 @@ impl Roofline {
             bytes_per_s: gpu.mem_bandwidth_bytes_per_s * spec.memory_efficiency,
             attn_flops_per_s: gpu.bf16_flops_per_s * spec.attention_efficiency,
             overhead_s: spec.step_overhead_us * 1e-6,
+            swap_s_per_token: model.kv_bytes_per_token() as f64 / gpu.host_link_bytes_per_s,
             hidden: model.hidden_size as f64,
             q_dim: model.q_dim() as f64,
             kv_dim: model.kv_dim() as f64,
@@ -157,6 +161,8 @@ impl CostModel for Roofline {
             op_s[6] = self.gemm(s.sampled as f64, self.hidden, self.vocab);
             op_s[7] = self.overhead_s;
         }
+        // vLLM v0 swaps blocks before the forward pass, on the same stream.
+        op_s[8] = s.swap_tokens as f64 * self.swap_s_per_token;
         let total: f64 = op_s.iter().sum();
         StepCost { duration_ns: (total * 1e9).round() as u64, op_s }
     }
@@ -192,7 +198,7 @@ mod tests {
             .iter()
             .map(|&(new_tokens, context_tokens)| PlanItem { req: 0, slot: 0, new_tokens, context_tokens, samples: true })
             .collect();
-        StepPlan { items, preempted: vec![] }.shape()
+        StepPlan { items, ..Default::default() }.shape()
     }
 
     #[test]
@@ -241,5 +247,18 @@ mod tests {
     fn bad_efficiency_is_rejected() {
         let spec = CostSpec { memory_efficiency: 1.5, ..Default::default() };
         assert_eq!(spec.validate().unwrap_err().0, "cost.memory_efficiency");
+    }
+
+    #[test]
+    fn swapping_costs_the_host_link_transfer() {
+        let (r, m, g) = roofline(&CostSpec::default());
+        let mut shape = plan(&[(1, 500)]);
+        let base = r.step_cost(&shape).duration_ns;
+        shape.swap_tokens = 10_000;
+        let want_s = 10_000.0 * m.kv_bytes_per_token() as f64 / g.host_link_bytes_per_s;
+        let got_s = (r.step_cost(&shape).duration_ns - base) as f64 * 1e-9;
+        assert!((got_s / want_s - 1.0).abs() < 1e-6, "{got_s} vs {want_s}");
+        // 10k tokens × 128 KiB over 64 GB/s ≈ 20.5 ms.
+        assert!((0.020..0.021).contains(&got_s));
     }
 }

@@ -1,14 +1,17 @@
 //! The discrete-event simulation: a heap of events ordered by (time, kind,
-//! sequence number), data-parallel replicas behind a round-robin router, and
+//! sequence number), data-parallel replicas behind a router (`crate::router`), and
 //! the workload streamed lazily (open loop: one pending arrival at a time;
-//! closed loop: each departure releases that user's next request).
+//! closed loop: each departure releases that user's next request). With
+//! conversations, every departure is reported to the workload, which may
+//! answer with the conversation's next turn.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
 use crate::cost::CostModel;
 use crate::kv::BlockManager;
-use crate::metrics::{Metrics, Summary};
+use crate::metrics::{Departure, Metrics, Status, Summary};
+use crate::router::{Load, Router};
 use crate::replica::{Planned, Replica};
 use crate::scenario::Loaded;
 use crate::sched::new_policy;
@@ -35,7 +38,8 @@ struct Event {
 
 enum What {
     StepDone(u32),
-    Arrival(Request),
+    /// `follow_up`: a conversation's later turn, not from the arrival process.
+    Arrival { req: Request, follow_up: bool },
     /// A replica's policy asked to look again (e.g. a batching timeout).
     Wake(u32),
 }
@@ -76,12 +80,16 @@ pub struct Simulation<E: Executor> {
     outcomes: Vec<StepOutcome>,
     events: BinaryHeap<Reverse<Event>>,
     next_seq: u64,
-    next_replica: usize,
+    router: Router,
+    loads: Vec<Load>,
     workload: Workload,
     mode: ArrivalMode,
     pub metrics: Metrics,
     now_ns: u64,
     departed: u64,
+    /// The workload has conversations: departures go back to it.
+    conversations: bool,
+    departures: Vec<Departure>,
 }
 
 impl<E: Executor> Simulation<E> {
@@ -90,12 +98,22 @@ impl<E: Executor> Simulation<E> {
         let s = &loaded.scenario;
         let workload = Workload::open(&s.workload, s.seed, loaded.limits.max_model_len, &loaded.base_dir)?;
         let n = s.hardware.count;
+        let (blocks, block_size) = (loaded.kv_blocks_per_replica, s.scheduler.block_size_tokens);
         let replicas = (0..n)
             .map(|id| {
-                let kv = BlockManager::new(loaded.kv_blocks_per_replica, s.scheduler.block_size_tokens);
-                Replica::new(id, loaded.limits, kv, new_policy(s.scheduler.policy))
+                let kv = if s.scheduler.enable_prefix_caching {
+                    BlockManager::with_prefix_caching(blocks, block_size)
+                } else {
+                    BlockManager::new(blocks, block_size)
+                };
+                Replica::new(id, loaded.limits, kv, new_policy(&s.scheduler, loaded.swap_blocks_per_replica))
             })
             .collect();
+        let conversations = workload.has_conversations();
+        let mut metrics = Metrics::new(s.slo.clone());
+        if conversations {
+            metrics.log_departures();
+        }
         Ok(Simulation {
             replicas,
             busy: vec![false; n as usize],
@@ -103,12 +121,15 @@ impl<E: Executor> Simulation<E> {
             outcomes: vec![StepOutcome::default(); n as usize],
             events: BinaryHeap::new(),
             next_seq: 0,
-            next_replica: 0,
+            router: Router::new(&s.routing),
+            loads: vec![Load::default(); n as usize],
             mode: workload.mode(),
             workload,
-            metrics: Metrics::new(s.slo.clone()),
+            metrics,
             now_ns: 0,
             departed: 0,
+            conversations,
+            departures: Vec::new(),
         })
     }
 
@@ -123,7 +144,7 @@ impl<E: Executor> Simulation<E> {
     fn push(&mut self, time_ns: u64, what: What) {
         let kind = match what {
             What::StepDone(_) => STEP_DONE,
-            What::Arrival(_) => ARRIVAL,
+            What::Arrival { .. } => ARRIVAL,
             What::Wake(_) => WAKE,
         };
         self.events.push(Reverse(Event { time_ns, kind, seq: self.next_seq, what }));
@@ -136,9 +157,16 @@ impl<E: Executor> Simulation<E> {
             if let Some(t) = at_ns {
                 r.arrival_ns = t;
             }
-            self.push(r.arrival_ns, What::Arrival(r));
+            self.push(r.arrival_ns, What::Arrival { req: r, follow_up: false });
         }
         Ok(())
+    }
+
+    fn route(&mut self, req: &Request) -> usize {
+        for (load, r) in self.loads.iter_mut().zip(&self.replicas) {
+            *load = r.load();
+        }
+        self.router.route(req, &self.loads)
     }
 
     /// Runs to completion; `progress` hears the number of requests that
@@ -157,12 +185,11 @@ impl<E: Executor> Simulation<E> {
             self.now_ns = ev.time_ns;
             let now = ev.time_ns;
             let r = match ev.what {
-                What::Arrival(req) => {
+                What::Arrival { req, follow_up } => {
                     self.metrics.on_arrival(now);
-                    let r = self.next_replica;
-                    self.next_replica = (r + 1) % self.replicas.len();
+                    let r = self.route(&req);
                     self.replicas[r].enqueue(req, now, &mut self.metrics)?;
-                    if self.mode == ArrivalMode::Open {
+                    if self.mode == ArrivalMode::Open && !follow_up {
                         self.release_next(None)?;
                     }
                     r
@@ -179,6 +206,10 @@ impl<E: Executor> Simulation<E> {
             self.on_departures(now, &mut progress)?;
         }
         debug_assert_eq!(self.metrics.in_system(), 0, "every request left the system");
+        for r in &self.replicas {
+            let st = r.kv().stats();
+            self.metrics.add_prefix_stats(st.queried_blocks, st.hit_blocks);
+        }
         Ok(self.metrics.finish(self.replicas.len() as u32)?)
     }
 
@@ -199,15 +230,29 @@ impl<E: Executor> Simulation<E> {
         Ok(())
     }
 
-    /// Closed loop: every departure frees a user, who sends the next request
+    /// Conversations: each departure goes back to the workload, which may
+    /// send the conversation's next turn. Closed loop: every departure that
+    /// did not continue a conversation frees a user, who sends a new request
     /// after thinking.
     fn on_departures(&mut self, now: u64, progress: &mut impl FnMut(u64)) -> Result<(), SimError> {
         let departed = self.metrics.departed();
         if departed == self.departed {
             return Ok(());
         }
+        let mut continued = 0;
+        if self.conversations {
+            self.metrics.take_departures(&mut self.departures);
+            for d in std::mem::take(&mut self.departures) {
+                // A failed turn ends its conversation: report no answer.
+                let generated = if d.status == Status::Completed { d.generated_tokens } else { 0 };
+                if let Some(next) = self.workload.on_finished(d.id, d.finish_ns, generated)? {
+                    self.push(next.arrival_ns, What::Arrival { req: next, follow_up: true });
+                    continued += 1;
+                }
+            }
+        }
         if let ArrivalMode::ClosedLoop { think_time_ns, .. } = self.mode {
-            for _ in self.departed..departed {
+            for _ in self.departed + continued..departed {
                 self.release_next(Some(now + think_time_ns))?;
             }
         }

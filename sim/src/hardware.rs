@@ -17,11 +17,20 @@ pub struct HardwareSpec {
     pub memory_gb: Option<f64>,
     pub mem_bandwidth_gb_per_s: Option<f64>,
     pub bf16_tflops: Option<f64>,
+    /// Host link (PCIe) bandwidth per direction, for KV swapping.
+    pub host_link_gb_per_s: Option<f64>,
 }
 
 impl Default for HardwareSpec {
     fn default() -> Self {
-        HardwareSpec { gpu: default_gpu(), count: 1, memory_gb: None, mem_bandwidth_gb_per_s: None, bf16_tflops: None }
+        HardwareSpec {
+            gpu: default_gpu(),
+            count: 1,
+            memory_gb: None,
+            mem_bandwidth_gb_per_s: None,
+            bf16_tflops: None,
+            host_link_gb_per_s: None,
+        }
     }
 }
 
@@ -44,6 +53,7 @@ pub struct GpuConfig {
     pub mem_bandwidth_bytes_per_s: f64,
     /// Dense (no sparsity) bf16 tensor-core peak.
     pub bf16_flops_per_s: f64,
+    pub host_link_bytes_per_s: f64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -52,8 +62,8 @@ pub enum HardwareError {
     Unknown(String),
     #[error("hardware.{0}: required for a custom GPU")]
     Missing(&'static str),
-    #[error("hardware.{key}: must be a positive finite number, got {value}")]
-    NotPositive { key: &'static str, value: f64 },
+    #[error("hardware.{key}: must be a number in (0, {max}], got {value:?}")]
+    OutOfRange { key: &'static str, value: f64, max: f64 },
     #[error("hardware.count: must be between 1 and {MAX_GPUS}, got {0}")]
     BadCount(u32),
 }
@@ -63,24 +73,27 @@ impl HardwareError {
     pub fn key(&self) -> String {
         match self {
             HardwareError::Unknown(_) => "hardware.gpu".into(),
-            HardwareError::Missing(k) | HardwareError::NotPositive { key: k, .. } => format!("hardware.{k}"),
+            HardwareError::Missing(k) | HardwareError::OutOfRange { key: k, .. } => format!("hardware.{k}"),
             HardwareError::BadCount(_) => "hardware.count".into(),
         }
     }
 }
 
-/// (name, memory GB (10^9 B), bandwidth GB/s, dense bf16 TFLOPS).
-const CATALOG: [(&str, f64, f64, f64); 4] = [
+/// (name, memory GB (10^9 B), bandwidth GB/s, dense bf16 TFLOPS, host link
+/// GB/s per direction: half the datasheet's bidirectional PCIe figure).
+const CATALOG: [(&str, f64, f64, f64, f64); 4] = [
     // NVIDIA H100 Tensor Core GPU datasheet (SXM): 80 GB HBM3, 3.35 TB/s,
-    // bf16 1,979 TFLOPS with sparsity = 989.4 dense.
-    ("h100-sxm", 80.0, 3350.0, 989.4),
-    // NVIDIA H200 datasheet: 141 GB HBM3e, 4.8 TB/s, same compute as H100 SXM.
-    ("h200", 141.0, 4800.0, 989.4),
-    // NVIDIA A100 datasheet (80GB SXM): 2,039 GB/s, bf16 312 TFLOPS dense.
-    ("a100-80gb-sxm", 80.0, 2039.0, 312.0),
+    // bf16 1,979 TFLOPS with sparsity = 989.4 dense; PCIe Gen5 128 GB/s.
+    ("h100-sxm", 80.0, 3350.0, 989.4, 64.0),
+    // NVIDIA H200 datasheet: 141 GB HBM3e, 4.8 TB/s, same compute as H100
+    // SXM, PCIe Gen5 128 GB/s.
+    ("h200", 141.0, 4800.0, 989.4, 64.0),
+    // NVIDIA A100 datasheet (80GB SXM): 2,039 GB/s, bf16 312 TFLOPS dense,
+    // PCIe Gen4 64 GB/s.
+    ("a100-80gb-sxm", 80.0, 2039.0, 312.0, 32.0),
     // NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s, bf16 733 TFLOPS with
-    // sparsity = 362.05 dense.
-    ("l40s", 48.0, 864.0, 362.05),
+    // sparsity = 362.05 dense; PCIe Gen4 x16 64 GB/s.
+    ("l40s", 48.0, 864.0, 362.05, 32.0),
 ];
 
 impl GpuConfig {
@@ -92,18 +105,20 @@ impl GpuConfig {
         if base.is_none() && spec.gpu != "custom" {
             return Err(HardwareError::Unknown(spec.gpu.clone()));
         }
-        let pick = |over: Option<f64>, from: fn(&(&str, f64, f64, f64)) -> f64, key| {
+        let pick = |over: Option<f64>, from: fn(&(&str, f64, f64, f64, f64)) -> f64, key, max: f64| {
             let v = over.or(base.map(from)).ok_or(HardwareError::Missing(key))?;
-            if !(v.is_finite() && v > 0.0) {
-                return Err(HardwareError::NotPositive { key, value: v });
+            if !(v.is_finite() && v > 0.0 && v <= max) {
+                return Err(HardwareError::OutOfRange { key, value: v, max });
             }
             Ok(v)
         };
         Ok(GpuConfig {
             name: spec.gpu.clone(),
-            memory_bytes: (pick(spec.memory_gb, |e| e.1, "memory_gb")? * 1e9) as u64,
-            mem_bandwidth_bytes_per_s: pick(spec.mem_bandwidth_gb_per_s, |e| e.2, "mem_bandwidth_gb_per_s")? * 1e9,
-            bf16_flops_per_s: pick(spec.bf16_tflops, |e| e.3, "bf16_tflops")? * 1e12,
+            // Upper bounds far beyond any GPU keep simulated time finite.
+            memory_bytes: (pick(spec.memory_gb, |e| e.1, "memory_gb", 1e5)? * 1e9) as u64,
+            mem_bandwidth_bytes_per_s: pick(spec.mem_bandwidth_gb_per_s, |e| e.2, "mem_bandwidth_gb_per_s", 1e6)? * 1e9,
+            bf16_flops_per_s: pick(spec.bf16_tflops, |e| e.3, "bf16_tflops", 1e6)? * 1e12,
+            host_link_bytes_per_s: pick(spec.host_link_gb_per_s, |e| e.4, "host_link_gb_per_s", 1e6)? * 1e9,
         })
     }
 
@@ -115,6 +130,7 @@ impl GpuConfig {
             memory_gb: Some(self.memory_bytes as f64 / 1e9),
             mem_bandwidth_gb_per_s: Some(self.mem_bandwidth_bytes_per_s / 1e9),
             bf16_tflops: Some(self.bf16_flops_per_s / 1e12),
+            host_link_gb_per_s: Some(self.host_link_bytes_per_s / 1e9),
         }
     }
 }
@@ -137,7 +153,7 @@ mod tests {
     #[test]
     fn bad_hardware_is_an_error() {
         let neg = HardwareSpec { bf16_tflops: Some(-1.0), ..Default::default() };
-        assert!(matches!(GpuConfig::resolve(&neg), Err(HardwareError::NotPositive { key: "bf16_tflops", .. })));
+        assert!(matches!(GpuConfig::resolve(&neg), Err(HardwareError::OutOfRange { key: "bf16_tflops", .. })));
         let custom = HardwareSpec { gpu: "custom".into(), ..Default::default() };
         assert_eq!(GpuConfig::resolve(&custom), Err(HardwareError::Missing("memory_gb")));
         let zero = HardwareSpec { count: 0, ..Default::default() };

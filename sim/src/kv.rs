@@ -1,26 +1,135 @@
 //! The paged KV-cache block manager (PagedAttention, Kwon et al. SOSP'23):
-//! a fixed pool of fixed-size blocks, a free list, reference counts, and the
-//! capacity a GPU leaves for KV after weights and activations.
+//! a fixed pool of fixed-size blocks, a free list, reference counts, prefix
+//! caching (vLLM v1's automatic prefix caching), and the capacity a GPU
+//! leaves for KV after weights and activations.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use crate::hardware::GpuConfig;
 use crate::model::ModelConfig;
+use crate::prefix::mix64;
+
+#[cfg(test)]
+mod prefix_tests;
 
 pub type BlockId = u32;
 
-/// A pool of `num_blocks` blocks of `block_size` tokens each.
+/// Marks the end of the free list.
+const NIL: BlockId = BlockId::MAX;
+
+/// A block's reference count and its links in the free list (meaningful
+/// only while the count is 0).
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    ref_count: u32,
+    prev: BlockId,
+    next: BlockId,
+}
+
+/// A pool of `num_blocks` blocks of `block_size` tokens each, with optional
+/// prefix caching as in vLLM v1 (vllm/v1/core/block_pool.py,
+/// kv_cache_manager.py).
+///
+/// Free blocks (reference count 0) sit in one intrusive doubly-linked list
+/// over block ids, so any of them can leave it in O(1). Allocation takes the
+/// head. With caching off a release pushes onto the head (last freed, first
+/// reused: the ids this manager always handed out). With caching on, a full
+/// block that a sequence computed is registered under its chained content
+/// hash (`commit`); when freed it keeps the hash and goes to the tail, so
+/// the head is the least recently freed block, the one evicted (its hash
+/// forgotten) when a fresh block is needed. A later request whose leading
+/// hashes are cached takes references on those blocks instead (`allocate`),
+/// so several running sequences can share them.
 #[derive(Debug, Clone)]
 pub struct BlockManager {
     block_size: u32,
-    free: Vec<BlockId>,
-    ref_counts: Vec<u32>,
+    nodes: Vec<Node>,
+    head: BlockId,
+    tail: BlockId,
+    num_free: u32,
+    /// `None`: prefix caching off.
+    cache: Option<Box<PrefixCache>>,
+}
+
+/// Counters of the prefix cache since the manager was made.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PrefixStats {
+    /// Successful `allocate` calls that consulted the cache.
+    pub queries: u64,
+    /// Full blocks those calls could have reused: per call, the hashes
+    /// passed, at most the full blocks of the tokens allocated.
+    pub queried_blocks: u64,
+    /// Blocks reused from the cache instead of computed.
+    pub hit_blocks: u64,
+    /// Cached blocks whose hash was dropped to hand the block out fresh.
+    pub evicted_blocks: u64,
+}
+
+/// Content hash ↔ block. Only looked up, never iterated, so no hash
+/// map order can reach a decision; the hasher is fixed anyway (no
+/// `RandomState`), so runs are reproducible to the byte.
+#[derive(Debug, Clone)]
+struct PrefixCache {
+    by_hash: HashMap<u64, BlockId, BuildHasherDefault<KeyHasher>>,
+    /// The hash block b is registered under (then `by_hash[h] == b`).
+    hash_of: Vec<Option<u64>>,
+    stats: PrefixStats,
+}
+
+/// Hashes a u64 key with `prefix::mix64`: deterministic, and well spread
+/// even for small keys (block hashes are already mixed; tests use small
+/// ones).
+#[derive(Debug, Clone, Copy, Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = mix64(self.0 ^ b as u64 ^ 0x100);
+        }
+    }
+
+    fn write_u64(&mut self, x: u64) {
+        self.0 = mix64(self.0 ^ x ^ 0x5851_F42D_4C95_7F2D);
+    }
 }
 
 impl BlockManager {
+    /// A pool without prefix caching.
     pub fn new(num_blocks: u32, block_size: u32) -> Self {
         assert!(block_size > 0, "block size is validated by the scenario");
-        // Popped from the end: hand out low ids first, deterministically.
-        let free = (0..num_blocks).rev().collect();
-        BlockManager { block_size, free, ref_counts: vec![0; num_blocks as usize] }
+        assert!(num_blocks < NIL, "block ids below u32::MAX");
+        // Linked 0 → 1 → … in order: low ids are handed out first.
+        let nodes = (0..num_blocks)
+            .map(|b| Node {
+                ref_count: 0,
+                prev: if b == 0 { NIL } else { b - 1 },
+                next: if b + 1 == num_blocks { NIL } else { b + 1 },
+            })
+            .collect();
+        let (head, tail) = if num_blocks == 0 { (NIL, NIL) } else { (0, num_blocks - 1) };
+        BlockManager { block_size, nodes, head, tail, num_free: num_blocks, cache: None }
+    }
+
+    /// A pool with prefix caching (vLLM `enable_prefix_caching`).
+    pub fn with_prefix_caching(num_blocks: u32, block_size: u32) -> Self {
+        let mut kv = BlockManager::new(num_blocks, block_size);
+        kv.cache = Some(Box::new(PrefixCache {
+            by_hash: HashMap::default(),
+            hash_of: vec![None; num_blocks as usize],
+            stats: PrefixStats::default(),
+        }));
+        kv
+    }
+
+    pub fn prefix_caching(&self) -> bool {
+        self.cache.is_some()
     }
 
     pub fn block_size(&self) -> u32 {
@@ -28,15 +137,26 @@ impl BlockManager {
     }
 
     pub fn num_blocks(&self) -> u32 {
-        self.ref_counts.len() as u32
+        self.nodes.len() as u32
     }
 
+    /// Blocks nobody holds, cached or not: all can be allocated (a cached
+    /// one loses its hash then).
     pub fn num_free(&self) -> u32 {
-        self.free.len() as u32
+        self.num_free
     }
 
     pub fn num_used(&self) -> u32 {
         self.num_blocks() - self.num_free()
+    }
+
+    /// Blocks registered in the prefix cache, held or free.
+    pub fn num_cached(&self) -> u32 {
+        self.cache.as_ref().map_or(0, |c| c.by_hash.len() as u32)
+    }
+
+    pub fn stats(&self) -> PrefixStats {
+        self.cache.as_ref().map_or_else(PrefixStats::default, |c| c.stats)
     }
 
     /// Blocks needed to hold `tokens` tokens.
@@ -44,7 +164,17 @@ impl BlockManager {
         tokens.div_ceil(self.block_size)
     }
 
-    /// Grows `table` until it holds `tokens` tokens; all or nothing.
+    /// How many leading blocks of the hash chain `hashes` are cached (0 with
+    /// caching off). A pure lookup.
+    pub fn cached_blocks(&self, hashes: &[u64]) -> u32 {
+        match &self.cache {
+            Some(c) => hashes.iter().take_while(|h| c.by_hash.contains_key(h)).count() as u32,
+            None => 0,
+        }
+    }
+
+    /// Grows `table` until it holds `tokens` tokens; all or nothing. New
+    /// blocks are fresh: the cache is consulted only by `allocate`.
     #[inline]
     pub fn grow(&mut self, table: &mut Vec<BlockId>, tokens: u32) -> bool {
         // The common decode case: the last block still has room (no division).
@@ -57,29 +187,183 @@ impl BlockManager {
     #[inline(never)]
     fn grow_slow(&mut self, table: &mut Vec<BlockId>, tokens: u32) -> bool {
         let need = self.blocks_for(tokens).saturating_sub(table.len() as u32);
-        if need > self.num_free() {
+        if need > self.num_free {
             return false;
         }
+        table.reserve(need as usize);
         for _ in 0..need {
-            let b = self.free.pop().expect("checked above");
-            self.ref_counts[b as usize] = 1;
-            table.push(b);
+            table.push(self.take_fresh());
         }
         true
     }
 
+    /// Admits a sequence: fills the EMPTY `table` for `tokens` tokens,
+    /// reusing the longest cached prefix of the hash chain `hashes` (at most
+    /// the full blocks within `tokens`), then fresh blocks — only if at least
+    /// `keep_free` blocks are still free afterwards (the admission
+    /// watermark); otherwise changes nothing and returns `None`. Returns the
+    /// tokens the reused blocks cover (a multiple of the block size; 0 with
+    /// caching off).
+    ///
+    /// A reused block nobody holds leaves the free list, so it counts
+    /// against the free blocks like a fresh one (vLLM v1
+    /// `get_num_blocks_to_allocate`). Like `get_computed_blocks` the caller
+    /// decides how much of the prompt to look up: vLLM always recomputes at
+    /// least the last prompt token, so it passes at most
+    /// `(tokens − 1) / block_size` hashes.
+    pub fn allocate(
+        &mut self,
+        table: &mut Vec<BlockId>,
+        hashes: &[u64],
+        tokens: u32,
+        keep_free: u32,
+    ) -> Option<u32> {
+        debug_assert!(table.is_empty(), "allocate admits a sequence with no blocks");
+        let start = table.len();
+        let mut revived = 0u32;
+        let mut lookable = 0;
+        if let (Some(c), true) = (&self.cache, start == 0) {
+            lookable = hashes.len().min((tokens / self.block_size) as usize);
+            for h in &hashes[..lookable] {
+                let Some(&b) = c.by_hash.get(h) else { break };
+                revived += (self.nodes[b as usize].ref_count == 0) as u32;
+                table.push(b);
+            }
+        }
+        let hits = (table.len() - start) as u32;
+        let fresh = self.blocks_for(tokens).saturating_sub(table.len() as u32);
+        if revived as u64 + fresh as u64 + keep_free as u64 > self.num_free as u64 {
+            table.truncate(start);
+            return None;
+        }
+        for &b in &table[start..] {
+            if self.nodes[b as usize].ref_count == 0 {
+                self.unlink(b);
+            }
+            self.nodes[b as usize].ref_count += 1;
+        }
+        table.reserve(fresh as usize);
+        for _ in 0..fresh {
+            table.push(self.take_fresh());
+        }
+        if let Some(c) = &mut self.cache {
+            if start == 0 {
+                c.stats.queries += 1;
+                c.stats.queried_blocks += lookable as u64;
+                c.stats.hit_blocks += hits as u64;
+            }
+        }
+        Some(hits * self.block_size)
+    }
+
+    /// Registers `table[i]` under `hashes[i]` for every `i` both cover, as
+    /// the content of a full, computed block (callers pass only such). A
+    /// block already registered stays as it is; a hash another block holds
+    /// already keeps that block (first wins, as in vLLM), and this one stays
+    /// unregistered, freed like any other. Positional, so a caller that
+    /// tracks what it committed passes `&table[k..n], &hashes[k..n]`. No-op
+    /// with caching off.
+    pub fn commit(&mut self, table: &[BlockId], hashes: &[u64]) {
+        let Some(c) = &mut self.cache else { return };
+        for (&b, &h) in table.iter().zip(hashes) {
+            debug_assert!(self.nodes[b as usize].ref_count > 0, "commit of free block {b}");
+            let slot = &mut c.hash_of[b as usize];
+            if slot.is_some() {
+                debug_assert_eq!(*slot, Some(h), "block {b} registered under another hash");
+                continue;
+            }
+            if let Entry::Vacant(e) = c.by_hash.entry(h) {
+                e.insert(b);
+                *slot = Some(h);
+            }
+        }
+    }
+
     /// Drops one reference to each block of `table`; blocks nobody holds
-    /// return to the pool.
+    /// return to the pool, last block first (so with caching on a sequence's
+    /// tail is evicted before its prefix, as vLLM frees in reverse order).
     pub fn release(&mut self, table: &mut Vec<BlockId>) {
+        let caching = self.cache.is_some();
         for &b in table.iter().rev() {
-            let rc = &mut self.ref_counts[b as usize];
+            let rc = &mut self.nodes[b as usize].ref_count;
             debug_assert!(*rc > 0, "double free of block {b}");
             *rc -= 1;
             if *rc == 0 {
-                self.free.push(b);
+                if caching {
+                    self.push_back(b);
+                } else {
+                    self.push_front(b);
+                }
             }
         }
         table.clear();
+    }
+
+    /// Takes the head of the free list with one reference, evicting its
+    /// cached content if any. The caller checked that a block is free.
+    #[inline]
+    fn take_fresh(&mut self) -> BlockId {
+        let b = self.head;
+        debug_assert!(b != NIL, "caller checked num_free");
+        let next = self.nodes[b as usize].next;
+        self.head = next;
+        if next == NIL {
+            self.tail = NIL;
+        } else {
+            self.nodes[next as usize].prev = NIL;
+        }
+        self.num_free -= 1;
+        self.nodes[b as usize].ref_count = 1;
+        if let Some(c) = &mut self.cache {
+            if let Some(h) = c.hash_of[b as usize].take() {
+                let removed = c.by_hash.remove(&h);
+                debug_assert_eq!(removed, Some(b));
+                c.stats.evicted_blocks += 1;
+            }
+        }
+        b
+    }
+
+    /// Removes free block `b` from anywhere in the list.
+    fn unlink(&mut self, b: BlockId) {
+        let Node { prev, next, .. } = self.nodes[b as usize];
+        if prev == NIL {
+            self.head = next;
+        } else {
+            self.nodes[prev as usize].next = next;
+        }
+        if next == NIL {
+            self.tail = prev;
+        } else {
+            self.nodes[next as usize].prev = prev;
+        }
+        self.num_free -= 1;
+    }
+
+    fn push_back(&mut self, b: BlockId) {
+        let tail = self.tail;
+        self.nodes[b as usize].prev = tail;
+        self.nodes[b as usize].next = NIL;
+        if tail == NIL {
+            self.head = b;
+        } else {
+            self.nodes[tail as usize].next = b;
+        }
+        self.tail = b;
+        self.num_free += 1;
+    }
+
+    fn push_front(&mut self, b: BlockId) {
+        let head = self.head;
+        self.nodes[b as usize].prev = NIL;
+        self.nodes[b as usize].next = head;
+        if head == NIL {
+            self.tail = b;
+        } else {
+            self.nodes[head as usize].prev = b;
+        }
+        self.head = b;
+        self.num_free += 1;
     }
 }
 

@@ -11,6 +11,7 @@ pub mod model;
 pub mod output;
 pub mod prefix;
 pub mod replica;
+pub mod router;
 pub mod scenario;
 pub mod sched;
 pub mod step;

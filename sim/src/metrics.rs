@@ -186,6 +186,11 @@ pub struct Metrics {
     total_output: u64,
     end_ns: u64,
     preemptions: u64,
+    swapped_out_tokens: u64,
+    swapped_in_tokens: u64,
+    recomputed_tokens: u64,
+    prefix_queried_blocks: u64,
+    prefix_hit_blocks: u64,
     // Requests in the system (arrived, not yet left), integrated over time.
     in_system: u64,
     in_system_since_ns: u64,
@@ -205,6 +210,18 @@ pub struct Metrics {
     itl_run: (u64, u64),
     requests_out: Option<csv::Writer<Box<dyn std::io::Write>>>,
     steps_out: Option<csv::Writer<Box<dyn std::io::Write>>>,
+    /// Departures not yet taken by the driver, when it asked for them.
+    departures: Option<Vec<Departure>>,
+}
+
+/// A request leaving the system, for drivers whose workload reacts to it
+/// (conversations: the next turn follows the answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Departure {
+    pub id: ReqId,
+    pub finish_ns: u64,
+    pub generated_tokens: u32,
+    pub status: Status,
 }
 
 impl Metrics {
@@ -222,6 +239,11 @@ impl Metrics {
             total_output: 0,
             end_ns: 0,
             preemptions: 0,
+            swapped_out_tokens: 0,
+            swapped_in_tokens: 0,
+            recomputed_tokens: 0,
+            prefix_queried_blocks: 0,
+            prefix_hit_blocks: 0,
             in_system: 0,
             in_system_since_ns: 0,
             in_system_area: 0,
@@ -237,6 +259,19 @@ impl Metrics {
             itl_run: (0, 0),
             requests_out: None,
             steps_out: None,
+            departures: None,
+        }
+    }
+
+    /// Keeps a log of departures for `take_departures`.
+    pub fn log_departures(&mut self) {
+        self.departures.get_or_insert_with(Vec::new);
+    }
+
+    /// Moves the logged departures into `out`, in the order they happened.
+    pub fn take_departures(&mut self, out: &mut Vec<Departure>) {
+        if let Some(d) = &mut self.departures {
+            out.append(d);
         }
     }
 
@@ -262,8 +297,18 @@ impl Metrics {
         self.move_in_system(now_ns, 1);
     }
 
-    pub fn on_preemption(&mut self) {
-        self.preemptions += 1;
+    /// What a step's plan did to KV besides running tokens.
+    pub fn on_plan(&mut self, plan: &crate::step::StepPlan) {
+        self.preemptions += plan.preempted.len() as u64;
+        self.swapped_out_tokens += plan.swap_out_tokens;
+        self.swapped_in_tokens += plan.swap_in_tokens;
+        self.recomputed_tokens += plan.recompute_tokens;
+    }
+
+    /// Prefix-cache lookups of a replica over the run (KV blocks).
+    pub fn add_prefix_stats(&mut self, queried_blocks: u64, hit_blocks: u64) {
+        self.prefix_queried_blocks += queried_blocks;
+        self.prefix_hit_blocks += hit_blocks;
     }
 
     /// A streamed chunk arrived `gap_ns` after the previous one.
@@ -319,6 +364,9 @@ impl Metrics {
             }
         } else {
             *self.not_completed.entry((r.status, r.reason)).or_default() += 1;
+        }
+        if let Some(d) = &mut self.departures {
+            d.push(Departure { id: r.id, finish_ns: r.finish_ns, generated_tokens: r.generated_tokens, status: r.status });
         }
         if let Some(w) = &mut self.requests_out {
             w.serialize(CsvRequest::from(r))?;
@@ -417,6 +465,12 @@ impl Metrics {
             num_replicas: replicas,
             num_steps: self.steps,
             num_preemptions: self.preemptions,
+            swapped_out_tokens: self.swapped_out_tokens,
+            swapped_in_tokens: self.swapped_in_tokens,
+            recomputed_tokens: self.recomputed_tokens,
+            prefix_cache_hit_rate: self.prefix_hit_blocks as f64 / self.prefix_queried_blocks.max(1) as f64,
+            prefix_cache_queried_blocks: self.prefix_queried_blocks,
+            prefix_cache_hit_blocks: self.prefix_hit_blocks,
             replica_busy_fraction: if end > 0 { busy / (end as f64 * replicas as f64) } else { 0.0 },
             mean_kv_cache_usage: self.kv_used_area as f64 / self.kv_total_area.max(1) as f64,
             max_kv_cache_usage: self.max_kv_usage,
@@ -521,6 +575,15 @@ pub struct Summary {
     pub num_replicas: u32,
     pub num_steps: u64,
     pub num_preemptions: u64,
+    /// KV tokens copied to host memory by swap preemption, and back.
+    pub swapped_out_tokens: u64,
+    pub swapped_in_tokens: u64,
+    /// KV tokens dropped by recompute preemption (prefilled again later).
+    pub recomputed_tokens: u64,
+    /// Prompt KV blocks found in the prefix cache / blocks looked up.
+    pub prefix_cache_hit_rate: f64,
+    pub prefix_cache_queried_blocks: u64,
+    pub prefix_cache_hit_blocks: u64,
     /// Fraction of replica-time spent executing steps.
     pub replica_busy_fraction: f64,
     /// KV blocks in use / blocks in the pool, weighted by step duration.

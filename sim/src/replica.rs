@@ -6,6 +6,7 @@
 
 use crate::kv::BlockManager;
 use crate::metrics::{Metrics, RequestRecord, Status, StepRecord};
+use crate::router::Load;
 use crate::sched::{Ctx, Limits, Policy, Queues, Seq};
 use crate::step::{StepOutcome, StepPlan};
 use crate::workload::Request;
@@ -81,7 +82,7 @@ impl Replica {
             Some("zero_output_tokens")
         } else if total > self.limits.max_model_len as u64 {
             Some("exceeds_max_model_len")
-        } else if let Some(reason) = self.policy.refusal(&self.limits, r) {
+        } else if let Some(reason) = self.policy.refusal(&self.limits, &self.kv, r) {
             Some(reason)
         } else if self.kv.blocks_for(total as u32) + self.limits.watermark_blocks > self.kv.num_blocks() {
             // It could never hold its whole sequence in KV, even alone.
@@ -99,14 +100,21 @@ impl Replica {
                 metrics.on_finish(&self.record(&seq, Status::Rejected, reason, now_ns))
             }
             None => {
-                self.q.waiting.push_back(Seq::new(r));
+                self.q.enqueue(Seq::new(r), self.limits.queue_order);
                 Ok(())
             }
         }
     }
 
+    /// What a router sees of this replica.
+    pub fn load(&self) -> Load {
+        let q = &self.q;
+        let outstanding = q.waiting.len() + q.running.len() + q.swapped.len();
+        Load { outstanding: outstanding as u32, free_blocks: self.kv.num_free() }
+    }
+
     pub fn has_work(&self) -> bool {
-        !self.q.waiting.is_empty() || !self.q.running.is_empty()
+        !self.q.is_empty()
     }
 
     /// Plans the next step: `Run` when there is one; otherwise whether the
@@ -145,10 +153,12 @@ impl Replica {
                 break;
             }
         }
+        debug_assert!(
+            !self.plan.is_empty() || self.q.running.is_empty() || wake_at_ns.is_some(),
+            "a policy left running sequences unplanned with nothing to wake it"
+        );
         let preempted = self.plan.preempted.len() as u32;
-        for _ in 0..preempted {
-            metrics.on_preemption();
-        }
+        metrics.on_plan(&self.plan);
         let p = &mut self.planned;
         p.start_ns = now_ns;
         p.kv_blocks_used = self.kv.num_used();
@@ -187,6 +197,9 @@ impl Replica {
                 finished += seq.is_done() as u32;
             }
         }
+        if self.kv.prefix_caching() {
+            self.commit_full_blocks();
+        }
         let p = &mut self.planned;
         p.duration_ns = outcome.duration_ns;
         p.prefill_seqs = prefill_seqs;
@@ -210,6 +223,22 @@ impl Replica {
             false
         });
         err
+    }
+
+    /// Registers blocks that this step filled with computed tokens in the
+    /// prefix cache, so later requests with the same content reuse them.
+    fn commit_full_blocks(&mut self) {
+        let bs = self.kv.block_size();
+        for it in &self.plan.items {
+            let seq = &mut self.q.running[it.slot as usize];
+            let full = seq.computed / bs;
+            if full > seq.committed_blocks {
+                let from = seq.committed_blocks as usize;
+                seq.block_hashes(bs, full * bs);
+                self.kv.commit(&seq.blocks[from..full as usize], &seq.hashes[from..full as usize]);
+                seq.committed_blocks = full;
+            }
+        }
     }
 
     fn record(&self, seq: &Seq, status: Status, reason: &'static str, now_ns: u64) -> RequestRecord {

@@ -11,6 +11,7 @@ use crate::cost::CostSpec;
 use crate::hardware::{GpuConfig, HardwareSpec};
 use crate::kv::kv_capacity_blocks;
 use crate::metrics::SloSpec;
+use crate::router::RoutingSpec;
 use crate::model::{ModelConfig, ModelSpec};
 use crate::sched::{Limits, SchedulerSpec};
 use crate::workload::{Workload, WorkloadError, WorkloadSpec};
@@ -37,6 +38,8 @@ pub struct Scenario {
     pub workload: WorkloadSpec,
     #[serde(default)]
     pub cost: CostSpec,
+    #[serde(default)]
+    pub routing: RoutingSpec,
     #[serde(default)]
     pub slo: SloSpec,
     #[serde(default)]
@@ -119,6 +122,8 @@ pub struct Loaded {
     pub model: ModelConfig,
     pub gpu: GpuConfig,
     pub kv_blocks_per_replica: u32,
+    /// KV blocks the host swap space holds per replica.
+    pub swap_blocks_per_replica: u32,
     pub limits: Limits,
 }
 
@@ -181,7 +186,10 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         max_num_batched_tokens: sch.max_num_batched_tokens,
         max_model_len,
         watermark_blocks: (sch.watermark * kv_blocks as f64) as u32,
+        queue_order: sch.queue_order,
     };
+    let block_bytes = sch.block_size_tokens as f64 * model.kv_bytes_per_token() as f64;
+    let swap_blocks = (sch.swap_space_gb * 1e9 / block_bytes).min(MAX_KV_BLOCKS as f64) as u32;
     if kv_blocks > MAX_KV_BLOCKS {
         let msg = format!(
             "a KV pool of at most {MAX_KV_BLOCKS} blocks per replica; this deployment has {kv_blocks} \
@@ -213,6 +221,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         model,
         gpu,
         kv_blocks_per_replica: kv_blocks,
+        swap_blocks_per_replica: swap_blocks,
         limits,
     })
 }
@@ -235,6 +244,7 @@ fn validate(s: &Scenario) -> Result<(), (String, String)> {
         }
     }
     s.scheduler.validate()?;
+    s.routing.validate()?;
     s.cost.validate()?;
     s.slo.validate()?;
     s.workload.validate().map_err(|e| match e {
@@ -256,15 +266,15 @@ fn apply_override(doc: &mut toml_edit::DocumentMut, arg: &str) -> Result<(), Sce
     // A TOML literal keeps its type (20 → integer, [1,2] → array); anything
     // else is a bare string (h200 → "h200").
     let value = raw.parse::<toml_edit::Value>().unwrap_or_else(|_| toml_edit::Value::from(raw));
-    let mut table = doc.as_table_mut();
+    // Edited in place, inline tables included, so every other line keeps its
+    // number for error messages.
+    let mut table: &mut dyn toml_edit::TableLike = doc.as_table_mut();
     for part in &parts[..parts.len() - 1] {
-        let item = table.entry(part).or_insert_with(toml_edit::table);
-        if let Some(t) = item.as_inline_table_mut() {
-            // Inline tables (input_tokens = { dist = … }) convert to regular ones.
-            let t = std::mem::take(t).into_table();
-            *item = toml_edit::Item::Table(t);
+        if table.get(part).is_none() {
+            table.insert(part, toml_edit::table());
         }
-        table = item.as_table_mut().ok_or_else(|| err(&format!("{part} is not a table")))?;
+        let item = table.get_mut(part).expect("inserted above");
+        table = item.as_table_like_mut().ok_or_else(|| err(&format!("{part} is not a table")))?;
     }
     table.insert(parts[parts.len() - 1], toml_edit::Item::Value(value));
     Ok(())

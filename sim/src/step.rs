@@ -26,12 +26,21 @@ pub struct StepPlan {
     pub items: Vec<PlanItem>,
     /// Requests evicted from KV to make room for this step.
     pub preempted: Vec<ReqId>,
+    /// Tokens of KV copied to host memory before this step (swap-out).
+    pub swap_out_tokens: u64,
+    /// Tokens of KV copied back from host memory before this step.
+    pub swap_in_tokens: u64,
+    /// Tokens whose KV was dropped by recompute preemption this step.
+    pub recompute_tokens: u64,
 }
 
 impl StepPlan {
     pub fn clear(&mut self) {
         self.items.clear();
         self.preempted.clear();
+        self.swap_out_tokens = 0;
+        self.swap_in_tokens = 0;
+        self.recompute_tokens = 0;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -39,7 +48,7 @@ impl StepPlan {
     }
 
     pub fn shape(&self) -> BatchShape {
-        let mut s = BatchShape::default();
+        let mut s = BatchShape { swap_tokens: self.swap_in_tokens + self.swap_out_tokens, ..Default::default() };
         for it in &self.items {
             let n = it.new_tokens as u64;
             let c = it.context_tokens as u64;
@@ -78,6 +87,8 @@ pub struct BatchShape {
     pub decode_seqs: u64,
     pub decode_attn_scores: u64,
     pub decode_kv_tokens: u64,
+    /// Tokens of KV moved over the host link (swap in + out).
+    pub swap_tokens: u64,
 }
 
 /// What executing a plan produced.
@@ -102,7 +113,7 @@ mod tests {
     #[test]
     fn shape_splits_prefill_and_decode() {
         let item = |new_tokens, context_tokens| PlanItem { req: 0, slot: 0, new_tokens, context_tokens, samples: true };
-        let plan = StepPlan { items: vec![item(4, 0), item(1, 10), item(1, 0)], preempted: vec![] };
+        let plan = StepPlan { items: vec![item(4, 0), item(1, 10), item(1, 0)], ..Default::default() };
         let s = plan.shape();
         assert_eq!((s.tokens, s.sampled, s.prefill_seqs, s.decode_seqs), (6, 3, 2, 1));
         // 4-token prompt: 1+2+3+4 = 10 scores; 1-token prompt: 1.

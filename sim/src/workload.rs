@@ -1,11 +1,12 @@
 //! Workload: the `[workload]` scenario section ([`WorkloadSpec`]) and the lazy stream of
-//! requests it describes ([`Workload`]). Owns arrival times, token lengths and prefix-block
-//! ids of every request — synthetic (Poisson, constant, gamma, offline, closed-loop arrivals
+//! requests it describes ([`Workload`]). Owns arrival times, token lengths, content
+//! segments, classes and conversation turns of every request — synthetic (Poisson, constant, gamma, offline, closed-loop arrivals
 //! with sampled lengths) or replayed from a real trace (Azure LLM inference CSV, Mooncake
 //! JSONL). What happens to a request after it arrives belongs to the scheduler.
 //!
 //! - Determinism: all draws come from ChaCha8 seeded with the scenario seed, one stream each
-//!   for arrival gaps, input lengths and output lengths, so changing a length distribution
+//!   for arrival gaps, input lengths, output lengths, prefix groups, classes and turn counts
+//!   (and one per conversation for its later turns), so changing a length distribution
 //!   leaves arrival times untouched. The streams carry a tag so that another module seeding
 //!   ChaCha8 with the same seed on stream 0, 1, … does not replay our numbers.
 //! - Time: random gaps are summed on an f64 nanosecond clock and each arrival is rounded to
@@ -13,12 +14,29 @@
 //!   10 µs after 10^6 arrivals spanning a day). Constant arrivals are `round(i / rate)`,
 //!   with no summation at all. The first synthetic request arrives at 0, as in vLLM's
 //!   `benchmark_serving.py`, which sends a request and then sleeps for the gap.
-//! - Memory: nothing is materialized; a trace is read one row at a time.
+//! - Memory: nothing is materialized; a trace is read one row at a time; a conversation's
+//!   state (its content so far) is kept only while it is live.
 //! - Zero-length trace rows: none of the shipped traces has one (azure2023_conv/code: input
 //!   ≥ 2, output ≥ 6; mooncake: input ≥ 891, output ≥ 1). For user traces, 0 output tokens
 //!   becomes 1 (a served request always emits its first token, and TPOT needs ≥ 1), and 0
 //!   input tokens is an error naming the row (there is no prompt to prefill).
+//!
+//! Beyond arrival and lengths, each request carries (all optional, each drawn from its own
+//! stream, so adding one leaves arrivals and the other draws as they were — lengths too,
+//! unless a class overrides them or a shared prompt's room clips them):
+//! - a class (`[[workload.classes]]`): drawn by weight; sets the priority and may override the
+//!   length distributions;
+//! - a shared prefix (`[workload.prefix]`): one of `groups` system prompts of `tokens` tokens,
+//!   placed before the drawn prompt;
+//! - a conversation (`[workload.conversation]`): the arrival process starts conversations;
+//!   each later turn arrives when the simulator reports the previous one finished
+//!   ([`Workload::on_finished`]) plus a think time, and its prompt is the previous turn's
+//!   prompt and answer plus new user tokens. See [`ConversationSpec`] for the exact rules.
+//!
+//! A request's content is described by [`Segment`]s (crate::prefix): `prefix` names the
+//! leading tokens that other requests may share; the rest of the prompt is unique to it.
 
+use std::collections::BTreeMap;
 use std::fmt::Display;
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -27,8 +45,10 @@ use std::path::{Path, PathBuf};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rand_distr::{Distribution, Gamma, LogNormal, Normal};
-use serde::de::{self, Deserializer, MapAccess, Unexpected, Visitor};
+use serde::de::{self, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde::{Deserialize, Serialize, Serializer};
+
+use crate::prefix::{mix64, request_content, Segment};
 
 const MIN_RATE_PER_S: f64 = 1e-3;
 const MAX_RATE_PER_S: f64 = 1e9;
@@ -46,6 +66,23 @@ pub const SHAREGPT_MEAN_OUTPUT_TOKENS: f64 = 337.99;
 const SHAREGPT_SIGMA: f64 = 1.0;
 /// "WK" in the high bits of the ChaCha stream number: see the module doc.
 const STREAM_TAG: u64 = 0x574b << 48;
+const ARRIVAL_STREAM: u64 = 0;
+const INPUT_STREAM: u64 = 1;
+const OUTPUT_STREAM: u64 = 2;
+const PREFIX_STREAM: u64 = 3;
+const CLASS_STREAM: u64 = 4;
+const TURNS_STREAM: u64 = 5;
+/// Later turns of conversation c draw from stream `STREAM_TAG | TURN_STREAMS | c`, turn k
+/// from word position k << TURN_WORDS_LOG2: their lengths depend on (seed, c, k) only, not on
+/// the order in which the simulator reports turns finished.
+const TURN_STREAMS: u64 = 1 << 47;
+const TURN_WORDS_LOG2: u32 = 20;
+/// Mooncake's README: each hash id names a block of 512 tokens (FAST25-release/traces).
+pub const MOONCAKE_BLOCK_TOKENS: u32 = 512;
+/// Keys the segment ids of shared prompts, `mix64(group ^ PREFIX_GROUP_KEY)`, apart from
+/// small ids (Mooncake's) and from `prefix::unique_id`'s (bits 128..192 of π's fraction,
+/// after the ones crate::prefix uses).
+const PREFIX_GROUP_KEY: u64 = 0xA409_3822_299F_31D0;
 const AZURE_COLUMNS: [&str; 3] = ["TIMESTAMP", "ContextTokens", "GeneratedTokens"];
 const MOONCAKE_FIELDS: [&str; 3] = ["timestamp", "input_length", "output_length"];
 const AZURE_TIME_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.f";
@@ -80,6 +117,15 @@ pub struct WorkloadSpec {
     pub output_tokens: LengthSpec,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub trace: Option<TraceSpec>,
+    /// `[workload.prefix]`: shared system prompts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<PrefixSpec>,
+    /// `[workload.conversation]`: multi-turn conversations.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<ConversationSpec>,
+    /// `[[workload.classes]]`: request classes with priorities.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub classes: Vec<ClassSpec>,
 }
 
 impl Default for WorkloadSpec {
@@ -94,6 +140,9 @@ impl Default for WorkloadSpec {
             input_tokens: LengthSpec::LogNormal { mean: SHAREGPT_MEAN_INPUT_TOKENS, sigma: SHAREGPT_SIGMA },
             output_tokens: LengthSpec::LogNormal { mean: SHAREGPT_MEAN_OUTPUT_TOKENS, sigma: SHAREGPT_SIGMA },
             trace: None,
+            prefix: None,
+            conversation: None,
+            classes: Vec::new(),
         }
     }
 }
@@ -215,15 +264,102 @@ impl TraceSpec {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// `[workload.prefix]`: requests open with one of `groups` shared system prompts.
+///
+/// A request carries one with probability `fraction`; its group is drawn uniformly. Its
+/// prompt is then the group's segment (`tokens` tokens, the same id for every request of the
+/// group) followed by the prompt the workload draws or replays, so `Request::input_tokens` =
+/// `tokens` + that prompt's length (a drawn prompt is clipped to max_model_len − 1 − `tokens`).
+/// With a Mooncake trace the group's segment comes before the row's hash blocks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixSpec {
+    /// Distinct shared prompts, ≥ 1.
+    pub groups: u32,
+    /// Length of each shared prompt, ≥ 1 and ≤ max_model_len − 2.
+    pub tokens: u32,
+    /// Share of requests that carry a shared prompt, in [0, 1]; default 1.
+    #[serde(default = "one")]
+    pub fraction: f64,
+}
+
+/// `[workload.conversation]`: the arrival process (or trace) starts conversations; each
+/// conversation has `turns` requests.
+///
+/// - Turn 1 is the request the workload would produce without this section (its draws are
+///   unchanged). Turn k + 1 arrives `think_time_ms` after turn k finished (the simulator
+///   reports it through [`Workload::on_finished`]); its prompt is turn k's whole content —
+///   turn k's prompt and its answer as generated — followed by new user tokens drawn from
+///   `input_tokens`, and its output is drawn from `output_tokens` (the class's, if it has
+///   one); so its `input_tokens` = turn k's input + turn k's generated + new, and its `prefix`
+///   is turn k's content (`prefix::request_content`: prefix, prompt tail, answer).
+/// - Every turn has the conversation's class, priority and session (= the id of its first
+///   request); the new tokens of turn k of conversation c come from an RNG seeded by
+///   (seed, c, k), so they do not depend on the order in which turns finish.
+/// - A conversation ends early when a turn fails (rejected or aborted: it generated fewer
+///   tokens than it asked for), or when the next turn's prompt would exceed
+///   max_model_len − 1 tokens (the context is full): its remaining turns are never produced.
+/// - `num_requests` counts requests, every turn included: a conversation starts only while
+///   the turns already promised to started conversations are fewer than `num_requests`, and
+///   the last one started is cut to the turns left. So a run has exactly `num_requests`
+///   requests unless conversations end early; the turns they lose are not replaced. Without
+///   `num_requests`, a trace starts one conversation per row.
+/// - With arrival = "closed_loop" a user stays with a conversation until it ends, then
+///   starts the next one after `workload.think_time_ms`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConversationSpec {
+    /// Requests per conversation, ≥ 1: an integer or a distribution (as for token lengths).
+    pub turns: LengthSpec,
+    /// Pause between a turn's answer and the user's next message; default 0.
+    #[serde(default)]
+    pub think_time_ms: f64,
+}
+
+/// `[[workload.classes]]`: a request class. Each request (each conversation, with
+/// conversations) draws its class with probability weight / Σ weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassSpec {
+    pub name: String,
+    /// Relative share of requests, > 0.
+    pub weight: f64,
+    /// Smaller is more urgent (vLLM's `priority` argument of its priority scheduling,
+    /// vllm/v1/core/sched/scheduler.py); default 0.
+    #[serde(default)]
+    pub priority: i32,
+    /// Override `workload.input_tokens` / `output_tokens` for this class (synthetic
+    /// requests and later conversation turns; a trace's rows keep their lengths).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_tokens: Option<LengthSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<LengthSpec>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Request {
+    /// Unique; in order of creation (a conversation's later turns get theirs when created).
     pub id: u64,
     pub arrival_ns: u64,
+    /// The whole prompt, `prefix` included.
     pub input_tokens: u32,
     pub output_tokens: u32,
-    /// Mooncake `hash_ids`: ids of 512-token prefix blocks (equal id = shared prefix).
-    pub prefix_hashes: Vec<u64>,
+    /// Content identity of the prompt's leading tokens (Σ tokens ≤ input_tokens); the rest of
+    /// the prompt is unique to this request. A shared system prompt is one segment; a later
+    /// conversation turn carries the previous turn's content; a Mooncake row gives one
+    /// segment per hash id: `Segment { id: hash_id, tokens: 512 }`, the last cut so that the
+    /// total does not exceed input_length (blocks beyond it are dropped).
+    pub prefix: Vec<Segment>,
+    /// Index into `workload.classes` (0 when there are none).
+    pub class: u32,
+    /// Smaller is more urgent (vLLM's convention); the class's, else 0.
+    pub priority: i32,
+    /// The prefix group or conversation this request belongs to, for prefix-affinity
+    /// routing: the conversation's id (its first request's id) with conversations; else the
+    /// shared prompt's segment id; else a Mooncake row's first hash id; else None.
+    pub session: Option<u64>,
 }
+
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArrivalMode {
@@ -268,32 +404,42 @@ fn check(ok: bool, key: &str, value: impl std::fmt::Debug, expected: &str) -> Re
     if ok { Ok(()) } else { Err(invalid(key, value, expected)) }
 }
 
-fn check_length(spec: &LengthSpec, key: &str) -> Result<(), WorkloadError> {
+/// `unit`: what the values count ("token count", "turn count").
+fn check_length(spec: &LengthSpec, key: &str, unit: &str) -> Result<(), WorkloadError> {
     let pos = |x: f64| x.is_finite() && x >= 1.0;
     let nonneg = |x: f64| x.is_finite() && x >= 0.0;
+    let at_least_1 = format!("a {unit} >= 1");
+    let finite = format!("a finite {unit} >= 1");
     match *spec {
-        LengthSpec::Fixed(v) => check(v >= 1, key, v, "a token count >= 1"),
+        LengthSpec::Fixed(v) => check(v >= 1, key, v, &at_least_1),
         LengthSpec::Uniform { min, max } => {
-            check(min >= 1, &format!("{key}.min"), min, "a token count >= 1")?;
-            check(max >= min, &format!("{key}.max"), max, &format!("a token count >= min ({min})"))
+            check(min >= 1, &format!("{key}.min"), min, &at_least_1)?;
+            check(max >= min, &format!("{key}.max"), max, &format!("a {unit} >= min ({min})"))
         }
         LengthSpec::Normal { mean, std } => {
-            check(pos(mean), &format!("{key}.mean"), mean, "a finite token count >= 1")?;
+            check(pos(mean), &format!("{key}.mean"), mean, &finite)?;
             check(nonneg(std), &format!("{key}.std"), std, "a finite number >= 0")
         }
         LengthSpec::LogNormal { mean, sigma } => {
-            check(pos(mean), &format!("{key}.mean"), mean, "a finite token count >= 1")?;
+            check(pos(mean), &format!("{key}.mean"), mean, &finite)?;
             check(nonneg(sigma), &format!("{key}.sigma"), sigma, "a finite number >= 0")
         }
     }
 }
 
+fn check_think_time(ms: f64, key: &str) -> Result<(), WorkloadError> {
+    check((0.0..=1e9).contains(&ms), key, ms, "a time between 0 and 1e9 ms")
+}
+
 impl WorkloadSpec {
-    /// Semantic checks serde cannot do; returns the first problem with its key path. Only keys
-    /// that take effect are checked (a trace ignores rate, cv and lengths).
+    /// Semantic checks serde cannot do; returns the first problem with its key path (array
+    /// elements as serde_path_to_error writes them: "workload.classes[1].weight"). Only keys
+    /// that take effect are checked (a trace ignores rate, cv and lengths — but later turns of
+    /// conversations draw their lengths even with a trace).
     pub fn validate(&self) -> Result<(), WorkloadError> {
         use ArrivalKind::*;
         let synthetic = self.trace.is_none();
+        let lengths_used = synthetic || self.conversation.is_some();
         if synthetic && matches!(self.arrival, Poisson | Constant | Gamma) {
             let r = self.rate_per_s;
             // Bounded so that simulated time (u64 ns, 584 years) cannot overflow.
@@ -305,33 +451,77 @@ impl WorkloadSpec {
         }
         if self.arrival == ClosedLoop {
             check(self.concurrency >= 1, "workload.concurrency", self.concurrency, "at least 1 user")?;
-            let t = self.think_time_ms;
-            check((0.0..=1e9).contains(&t), "workload.think_time_ms", t, "a time between 0 and 1e9 ms")?;
+            check_think_time(self.think_time_ms, "workload.think_time_ms")?;
         }
         if synthetic && self.arrival == Gamma {
             // Outside this range the gamma distribution degenerates (shape 1/cv² under- or overflows).
             let ok = (0.01..=100.0).contains(&self.cv);
             check(ok, "workload.cv", self.cv, "a coefficient of variation between 0.01 and 100")?;
         }
-        if synthetic {
-            check_length(&self.input_tokens, "workload.input_tokens")?;
-            check_length(&self.output_tokens, "workload.output_tokens")?;
+        if lengths_used {
+            check_length(&self.input_tokens, "workload.input_tokens", "token count")?;
+            check_length(&self.output_tokens, "workload.output_tokens", "token count")?;
         }
         if let Some(t) = &self.trace {
             let s = t.time_scale;
             check(s.is_finite() && s > 0.0, "workload.trace.time_scale", s, "a finite factor > 0")?;
             t.resolved_format()?;
         }
+        if let Some(p) = &self.prefix {
+            check(p.groups >= 1, "workload.prefix.groups", p.groups, "at least 1 group")?;
+            check(p.tokens >= 1, "workload.prefix.tokens", p.tokens, "a token count >= 1")?;
+            let f = p.fraction;
+            check((0.0..=1.0).contains(&f), "workload.prefix.fraction", f, "a fraction between 0 and 1")?;
+        }
+        if let Some(c) = &self.conversation {
+            check_length(&c.turns, "workload.conversation.turns", "turn count")?;
+            check_think_time(c.think_time_ms, "workload.conversation.think_time_ms")?;
+        }
+        let mut total_weight = 0.0;
+        for (i, c) in self.classes.iter().enumerate() {
+            let key = |field: &str| format!("workload.classes[{i}].{field}");
+            check(!c.name.trim().is_empty(), &key("name"), &c.name, "a non-empty name")?;
+            if let Some(j) = self.classes[..i].iter().position(|o| o.name == c.name) {
+                check(false, &key("name"), &c.name, &format!("a name unlike the others' (classes[{j}] has it)"))?;
+            }
+            total_weight += c.weight;
+            let ok = c.weight.is_finite() && c.weight > 0.0 && total_weight.is_finite();
+            check(ok, &key("weight"), c.weight, "a finite weight > 0 (the weights' sum finite too)")?;
+            if lengths_used {
+                for (field, l) in [("input_tokens", &c.input_tokens), ("output_tokens", &c.output_tokens)] {
+                    if let Some(l) = l {
+                        check_length(l, &key(field), "token count")?;
+                    }
+                }
+            }
+        }
         Ok(())
     }
 }
 
-/// A lazy, deterministic stream of requests in arrival order.
+/// A lazy, deterministic stream of requests in arrival order, plus the later turns of
+/// conversations, which [`Workload::on_finished`] returns as earlier turns finish.
 pub struct Workload {
     mode: ArrivalMode,
+    /// num_requests: the most requests, conversation turns included.
     limit: Option<u64>,
+    /// Ids handed out so far (first turns and later turns share one sequence).
     next_id: u64,
+    /// Requests the arrival process (or trace) produced so far.
+    arrivals: u64,
+    /// Requests produced or promised: each started conversation promises its turns.
+    committed: u64,
     source: Source,
+    seed: u64,
+    max_model_len: u32,
+    /// Length samplers per class (one entry without classes); empty when no lengths are
+    /// drawn (a trace without conversations).
+    lengths: Vec<Lengths>,
+    classes: Option<Classes>,
+    prefix: Option<Groups>,
+    conversation: Option<Conversation>,
+    /// Live conversations, by the id of their turn in flight: O(live) memory.
+    live: BTreeMap<u64, Live>,
 }
 
 enum Source {
@@ -339,10 +529,65 @@ enum Source {
     Trace(Box<Trace>),
 }
 
+struct Lengths {
+    input: Sampler,
+    output: Sampler,
+}
+
+struct Classes {
+    /// Running sums of the weights.
+    cumulative: Vec<f64>,
+    priority: Vec<i32>,
+    rng: ChaCha8Rng,
+}
+
+struct Groups {
+    groups: u32,
+    tokens: u32,
+    fraction: f64,
+    rng: ChaCha8Rng,
+}
+
+struct Conversation {
+    turns: Sampler,
+    think_ns: u64,
+    rng: ChaCha8Rng,
+}
+
+/// A conversation between turns: what its next turn needs.
+struct Live {
+    session: u64,
+    /// 0-based index of the turn in flight.
+    turn: u32,
+    /// Turns still to come after the one in flight (≥ 1).
+    turns_left: u32,
+    class: u32,
+    priority: i32,
+    /// The turn in flight's prompt length, asked output and prefix.
+    input_tokens: u32,
+    output_tokens: u32,
+    prefix: Vec<Segment>,
+}
+
+/// What the arrival process and the length source give a new request.
+struct Drawn {
+    arrival_ns: u64,
+    input_tokens: u32,
+    output_tokens: u32,
+    prefix: Vec<Segment>,
+}
+
+fn stream(seed: u64, stream: u64) -> ChaCha8Rng {
+    let mut r = ChaCha8Rng::seed_from_u64(seed);
+    r.set_stream(STREAM_TAG | stream);
+    r
+}
+
 impl Workload {
     /// Validates `spec` and opens it. Lengths drawn from a distribution are clipped to the
-    /// context: input to [1, max_model_len − 1], output to [1, max_model_len − input]; fixed
-    /// and trace lengths are not (the scheduler refuses what cannot fit, with the reason).
+    /// context: input to [1, max_model_len − 1] (less a shared prefix), output to
+    /// [1, max_model_len − input]; fixed and trace lengths are not (the scheduler refuses what
+    /// cannot fit, with the reason).
     pub fn open(
         spec: &WorkloadSpec,
         seed: u64,
@@ -350,6 +595,16 @@ impl Workload {
         base_dir: &Path,
     ) -> Result<Workload, WorkloadError> {
         spec.validate()?;
+        let lengths_used = spec.trace.is_none() || spec.conversation.is_some();
+        if lengths_used {
+            let why = "at least 2 (1 input + 1 output token)";
+            check(max_model_len >= 2, "max_model_len", max_model_len, why)?;
+        }
+        if let Some(p) = &spec.prefix {
+            let room = max_model_len.saturating_sub(2);
+            let why = format!("at most max_model_len − 2 = {room} tokens (room for 1 more prompt and 1 output token)");
+            check(p.tokens <= room, "workload.prefix.tokens", p.tokens, &why)?;
+        }
         let zero_arrivals = matches!(spec.arrival, ArrivalKind::Offline | ArrivalKind::ClosedLoop);
         let mode = match spec.arrival {
             ArrivalKind::ClosedLoop => ArrivalMode::ClosedLoop {
@@ -360,14 +615,54 @@ impl Workload {
         };
         let source = match &spec.trace {
             Some(t) => Source::Trace(Box::new(Trace::open(t, base_dir, zero_arrivals)?)),
-            None => {
-                let why = "at least 2 (1 input + 1 output token)";
-                check(max_model_len >= 2, "max_model_len", max_model_len, why)?;
-                Source::Synthetic(Box::new(Synthetic::new(spec, seed, max_model_len)))
-            }
+            None => Source::Synthetic(Box::new(Synthetic::new(spec, seed, max_model_len))),
         };
+        let lengths = match lengths_used {
+            false => Vec::new(),
+            true if spec.classes.is_empty() => {
+                vec![Lengths { input: Sampler::new(&spec.input_tokens), output: Sampler::new(&spec.output_tokens) }]
+            }
+            true => spec
+                .classes
+                .iter()
+                .map(|c| Lengths {
+                    input: Sampler::new(c.input_tokens.as_ref().unwrap_or(&spec.input_tokens)),
+                    output: Sampler::new(c.output_tokens.as_ref().unwrap_or(&spec.output_tokens)),
+                })
+                .collect(),
+        };
+        let classes = (!spec.classes.is_empty()).then(|| Classes {
+            cumulative: spec.classes.iter().scan(0.0, |sum, c| { *sum += c.weight; Some(*sum) }).collect(),
+            priority: spec.classes.iter().map(|c| c.priority).collect(),
+            rng: stream(seed, CLASS_STREAM),
+        });
+        let prefix = spec.prefix.as_ref().map(|p| Groups {
+            groups: p.groups,
+            tokens: p.tokens,
+            fraction: p.fraction,
+            rng: stream(seed, PREFIX_STREAM),
+        });
+        let conversation = spec.conversation.as_ref().map(|c| Conversation {
+            turns: Sampler::new(&c.turns),
+            think_ns: (c.think_time_ms * 1e6).round() as u64,
+            rng: stream(seed, TURNS_STREAM),
+        });
         let limit = spec.num_requests.or(spec.trace.is_none().then_some(DEFAULT_NUM_REQUESTS));
-        Ok(Workload { mode, limit, next_id: 0, source })
+        Ok(Workload {
+            mode,
+            limit,
+            next_id: 0,
+            arrivals: 0,
+            committed: 0,
+            source,
+            seed,
+            max_model_len,
+            lengths,
+            classes,
+            prefix,
+            conversation,
+            live: BTreeMap::new(),
+        })
     }
 
     /// `ClosedLoop` only for arrival = "closed_loop"; its requests all have arrival_ns = 0 and
@@ -376,31 +671,124 @@ impl Workload {
         self.mode
     }
 
-    /// The next request (arrival_ns non-decreasing); Ok(None) once num_requests were produced
-    /// or the trace ended.
+    /// Whether requests may have later turns: then the simulator must report every request
+    /// that leaves through [`Workload::on_finished`].
+    pub fn has_conversations(&self) -> bool {
+        self.conversation.is_some()
+    }
+
+    /// Conversations waiting for their turn in flight to finish (the state kept).
+    pub fn live_conversations(&self) -> usize {
+        self.live.len()
+    }
+
+    /// The arrival process's next request — with conversations, the first turn of the next
+    /// conversation (arrival_ns non-decreasing); Ok(None) once num_requests are produced or
+    /// promised, or the trace ended.
     pub fn next_request(&mut self) -> Result<Option<Request>, WorkloadError> {
-        if self.limit.is_some_and(|n| self.next_id >= n) {
+        let left = self.limit.map_or(u64::MAX, |n| n.saturating_sub(self.committed));
+        if left == 0 {
             return Ok(None);
         }
-        let req = match &mut self.source {
+        let class = match &mut self.classes {
+            None => 0,
+            Some(c) => {
+                let u = c.rng.random::<f64>() * c.cumulative.last().expect("validated: ≥ 1 class");
+                c.cumulative.partition_point(|&sum| sum <= u).min(c.cumulative.len() - 1)
+            }
+        };
+        let group = self.prefix.as_mut().and_then(|p| {
+            let has = p.fraction >= 1.0 || p.rng.random::<f64>() < p.fraction;
+            let g = has.then(|| p.rng.random_range(0..p.groups))?;
+            Some(Segment { id: mix64(g as u64 ^ PREFIX_GROUP_KEY), tokens: p.tokens })
+        });
+        let shared = group.map_or(0, |g| g.tokens);
+        let drawn = match &mut self.source {
             Source::Synthetic(s) => {
                 if s.clock_ns > MAX_ARRIVAL_NS {
                     let why = "arrivals within 146 years of simulated time (fewer requests or a higher rate)";
-                    return Err(invalid("workload.num_requests", self.next_id, why));
+                    return Err(invalid("workload.num_requests", self.arrivals, why));
                 }
-                s.next(self.next_id)
+                s.next(self.arrivals, &self.lengths[class], shared)
             }
-            Source::Trace(t) => match t.next(self.next_id)? {
-                Some(r) => r,
+            Source::Trace(t) => match t.next(self.arrivals)? {
+                Some(mut d) => {
+                    d.input_tokens = d.input_tokens.saturating_add(shared);
+                    d
+                }
                 None => return Ok(None),
             },
         };
+        let Drawn { arrival_ns, input_tokens, output_tokens, mut prefix } = drawn;
+        let first_block = prefix.first().map(|s| s.id);
+        if let Some(g) = group {
+            prefix.insert(0, g);
+        }
+        let id = self.next_id;
         self.next_id += 1;
-        Ok(Some(req))
+        self.arrivals += 1;
+        let priority = self.classes.as_ref().map_or(0, |c| c.priority[class]);
+        let class = class as u32;
+        let (turns, session) = match &mut self.conversation {
+            Some(c) => {
+                let turns = c.turns.sample(&mut c.rng, u32::MAX);
+                (turns.min(left.min(u32::MAX as u64) as u32), Some(id)) // the last one cut to fit
+            }
+            None => (1, group.map(|g| g.id).or(first_block)),
+        };
+        self.committed += turns as u64;
+        if turns > 1 {
+            let prefix = prefix.clone();
+            let turns_left = turns - 1;
+            self.live.insert(id, Live { session: id, turn: 0, turns_left, class, priority, input_tokens, output_tokens, prefix });
+        }
+        Ok(Some(Request { id, arrival_ns, input_tokens, output_tokens, prefix, class, priority, session }))
+    }
+
+    /// The simulator reports that request `id` left the system at `finish_ns` having
+    /// generated `generated_tokens` (call it for every request that leaves: completed,
+    /// rejected or aborted). Returns its conversation's next turn, arriving at finish_ns +
+    /// conversation.think_time_ms, or None: not a conversation turn, the last turn, a failed
+    /// turn (generated < output_tokens asked: the conversation ends), or a full context (see
+    /// [`ConversationSpec`]). A conversation's state is dropped when it ends.
+    pub fn on_finished(&mut self, id: u64, finish_ns: u64, generated_tokens: u32) -> Result<Option<Request>, WorkloadError> {
+        let Some(c) = self.live.remove(&id) else { return Ok(None) };
+        if generated_tokens < c.output_tokens {
+            return Ok(None);
+        }
+        let conv = self.conversation.as_ref().expect("live conversations only with [workload.conversation]");
+        let turn = c.turn + 1;
+        let mut rng = stream(self.seed, TURN_STREAMS | (c.session & (TURN_STREAMS - 1)));
+        rng.set_word_pos((turn as u128) << TURN_WORDS_LOG2);
+        let lengths = &self.lengths[c.class as usize];
+        let max_prompt = self.max_model_len - 1; // ≥ 1: checked by open
+        let new_tokens = lengths.input.sample(&mut rng, max_prompt);
+        let input_tokens = c.input_tokens as u64 + generated_tokens as u64 + new_tokens as u64;
+        if input_tokens > max_prompt as u64 {
+            return Ok(None); // the context is full: the conversation ends
+        }
+        let input_tokens = input_tokens as u32;
+        let output_tokens = lengths.output.sample(&mut rng, self.max_model_len - input_tokens);
+        let arrival_ns = finish_ns.saturating_add(conv.think_ns);
+        if arrival_ns as f64 > MAX_ARRIVAL_NS {
+            let why = "a think time that keeps arrivals within 146 years of simulated time";
+            return Err(invalid("workload.conversation.think_time_ms", conv.think_ns as f64 / 1e6, why));
+        }
+        let mut prefix = Vec::with_capacity(c.prefix.len() + 2);
+        request_content(&c.prefix, id, c.input_tokens, generated_tokens, &mut prefix);
+        let new_id = self.next_id;
+        self.next_id += 1;
+        let (session, class, priority) = (c.session, c.class, c.priority);
+        if c.turns_left > 1 {
+            let next = Live { turn, turns_left: c.turns_left - 1, input_tokens, output_tokens, prefix: prefix.clone(), ..c };
+            self.live.insert(new_id, next);
+        }
+        let session = Some(session);
+        Ok(Some(Request { id: new_id, arrival_ns, input_tokens, output_tokens, prefix, class, priority, session }))
     }
 
     /// Requests to expect, for a progress bar: num_requests (an upper bound for a short
-    /// trace), None for a whole trace.
+    /// trace or conversations that end early), None for a whole trace.
     pub fn expected_total(&self) -> Option<u64> {
         self.limit
     }
@@ -412,8 +800,6 @@ struct Synthetic {
     arrival_rng: ChaCha8Rng,
     input_rng: ChaCha8Rng,
     output_rng: ChaCha8Rng,
-    input: Sampler,
-    output: Sampler,
     max_model_len: u32,
 }
 
@@ -459,11 +845,6 @@ impl Sampler {
 
 impl Synthetic {
     fn new(spec: &WorkloadSpec, seed: u64, max_model_len: u32) -> Synthetic {
-        let rng = |stream: u64| {
-            let mut r = ChaCha8Rng::seed_from_u64(seed);
-            r.set_stream(STREAM_TAG | stream);
-            r
-        };
         let mean_ns = 1e9 / spec.rate_per_s;
         // Gamma shape k = 1/cv², scale θ = mean·cv²: mean kθ, cv 1/√k. vLLM's `--burstiness`
         // is this k (benchmark_serving.py: np.random.gamma(shape=b, scale=1/(rate·b))).
@@ -477,21 +858,21 @@ impl Synthetic {
         Synthetic {
             gaps,
             clock_ns: 0.0,
-            arrival_rng: rng(0),
-            input_rng: rng(1),
-            output_rng: rng(2),
-            input: Sampler::new(&spec.input_tokens),
-            output: Sampler::new(&spec.output_tokens),
+            arrival_rng: stream(seed, ARRIVAL_STREAM),
+            input_rng: stream(seed, INPUT_STREAM),
+            output_rng: stream(seed, OUTPUT_STREAM),
             max_model_len,
         }
     }
 
-    fn next(&mut self, id: u64) -> Request {
+    /// Arrival `n` (0-based) of the process, with lengths drawn from `len`; `shared` tokens
+    /// of shared prefix come before the drawn prompt (≤ max_model_len − 2: checked by open).
+    fn next(&mut self, n: u64, len: &Lengths, shared: u32) -> Drawn {
         let arrival_ns = match &self.gaps {
             Gaps::Zero => 0,
             Gaps::Constant { period_ns } => {
-                self.clock_ns = (id + 1) as f64 * period_ns;
-                (id as f64 * period_ns).round() as u64
+                self.clock_ns = (n + 1) as f64 * period_ns;
+                (n as f64 * period_ns).round() as u64
             }
             Gaps::Random(g) => {
                 let t = self.clock_ns;
@@ -499,10 +880,10 @@ impl Synthetic {
                 t.round() as u64
             }
         };
-        let input_tokens = self.input.sample(&mut self.input_rng, self.max_model_len - 1);
+        let input_tokens = shared.saturating_add(len.input.sample(&mut self.input_rng, self.max_model_len - 1 - shared));
         let left = self.max_model_len.saturating_sub(input_tokens).max(1);
-        let output_tokens = self.output.sample(&mut self.output_rng, left);
-        Request { id, arrival_ns, input_tokens, output_tokens, prefix_hashes: Vec::new() }
+        let output_tokens = len.output.sample(&mut self.output_rng, left);
+        Drawn { arrival_ns, input_tokens, output_tokens, prefix: Vec::new() }
     }
 }
 
@@ -527,7 +908,8 @@ struct Row {
     time_ns: i64,
     input: u32,
     output: u32,
-    hashes: Vec<u64>,
+    /// Mooncake hash blocks, 512 tokens each (not yet cut to the prompt).
+    blocks: Vec<Segment>,
 }
 
 /// Unknown keys are ignored, so Mooncake's other traces (tool-agent, synthetic) load too.
@@ -536,8 +918,27 @@ struct MooncakeRow {
     timestamp: f64, // ms
     input_length: u32,
     output_length: u32,
-    #[serde(default)]
-    hash_ids: Vec<u64>,
+    #[serde(default, rename = "hash_ids", deserialize_with = "hash_blocks")]
+    blocks: Vec<Segment>,
+}
+
+/// `hash_ids` straight into 512-token segments: the one allocation a row's prefix needs.
+fn hash_blocks<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Segment>, D::Error> {
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<Segment>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a list of block hash ids (integers >= 0)")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<Segment>, A::Error> {
+            let mut v = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+            while let Some(id) = seq.next_element::<u64>()? {
+                v.push(Segment { id, tokens: MOONCAKE_BLOCK_TOKENS });
+            }
+            Ok(v)
+        }
+    }
+    d.deserialize_seq(V)
 }
 
 fn bad_row(path: &Path, line: u64, field: &str, expected: &str, found: impl Display) -> WorkloadError {
@@ -576,9 +977,10 @@ impl Trace {
         Ok(Trace { path, reader, time_scale, zero_arrivals, first_ns: None, prev_ns: i64::MIN })
     }
 
-    fn next(&mut self, id: u64) -> Result<Option<Request>, WorkloadError> {
-        let Some(row) = self.reader.read(&self.path)? else {
-            return if id == 0 { Err(WorkloadError::EmptyTrace { path: self.path.clone() }) } else { Ok(None) };
+    /// Row `n` (0-based) of the trace.
+    fn next(&mut self, n: u64) -> Result<Option<Drawn>, WorkloadError> {
+        let Some(mut row) = self.reader.read(&self.path)? else {
+            return if n == 0 { Err(WorkloadError::EmptyTrace { path: self.path.clone() }) } else { Ok(None) };
         };
         let [t_name, in_name, _] = match self.reader {
             TraceReader::Azure { .. } => AZURE_COLUMNS,
@@ -598,12 +1000,19 @@ impl Trace {
             // Subtract in i64 first: absolute epoch ns exceed f64's 2^53 exact integers.
             false => ((row.time_ns - first) as f64 * self.time_scale).round() as u64,
         };
-        Ok(Some(Request {
-            id,
+        // Mooncake's blocks cover the prompt (⌈input_length / 512⌉ of them in its traces): the
+        // last is cut to what is left of the prompt, blocks beyond it are dropped.
+        let mut left = row.input;
+        row.blocks.retain_mut(|b| {
+            b.tokens = b.tokens.min(left);
+            left -= b.tokens;
+            b.tokens > 0
+        });
+        Ok(Some(Drawn {
             arrival_ns,
             input_tokens: row.input,
             output_tokens: row.output.max(1), // see the module doc
-            prefix_hashes: row.hashes,
+            prefix: row.blocks,
         }))
     }
 }
@@ -635,7 +1044,7 @@ impl TraceReader {
                         let expected = "a time like `2023-11-16 18:15:46.6805900`";
                         bad_row(path, line, AZURE_COLUMNS[0], expected, format!("`{ts}`"))
                     })?;
-                Ok(Some(Row { line, time_ns, input: tokens(1)?, output: tokens(2)?, hashes: Vec::new() }))
+                Ok(Some(Row { line, time_ns, input: tokens(1)?, output: tokens(2)?, blocks: Vec::new() }))
             }
             TraceReader::Mooncake { lines, buf, line } => loop {
                 buf.clear();
@@ -654,7 +1063,7 @@ impl TraceReader {
                 })?;
                 let (input, output) = (r.input_length, r.output_length);
                 let time_ns = (r.timestamp * 1e6).round() as i64;
-                return Ok(Some(Row { line: *line, time_ns, input, output, hashes: r.hash_ids }));
+                return Ok(Some(Row { line: *line, time_ns, input, output, blocks: r.blocks }));
             },
         }
     }

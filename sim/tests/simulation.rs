@@ -64,7 +64,7 @@ fn one_request_alone_matches_the_cost_model_exactly() {
     let cost = roofline(&l);
     let step = |new_tokens, context_tokens| {
         let item = PlanItem { req: 0, slot: 0, new_tokens, context_tokens, samples: true };
-        cost.step_cost(&StepPlan { items: vec![item], preempted: vec![] }.shape()).duration_ns
+        cost.step_cost(&StepPlan { items: vec![item], ..Default::default() }.shape()).duration_ns
     };
     let ttft_ns = step(1000, 0);
     // Token j (1-based) after the first is decoded with 1000 + j - 1 tokens in KV.
@@ -182,8 +182,16 @@ fn arb_scenario() -> impl Strategy<Value = String> {
         1u32..40,
         (64u32..2048, 1u32..400, 1u32..300),
         1u64..120,
+        (
+            prop::sample::select(vec!["static", "orca", "vllm", "sarathi", "tgi"]),
+            any::<bool>(),
+            prop::sample::select(vec!["fcfs", "priority"]),
+            0u32..300,
+        ),
     )
-        .prop_map(|(seed, arrival, replicas, block, blocks, seqs, (budget, input, output), n)| {
+        .prop_map(|(seed, arrival, replicas, block, blocks, seqs, (budget, input, output), n, sched)| {
+            let (policy, swap, order, chunk) = sched;
+            let preemption = if swap && policy == "vllm" { "swap" } else { "recompute" };
             format!(
                 r#"
                 seed = {seed}
@@ -195,6 +203,12 @@ fn arb_scenario() -> impl Strategy<Value = String> {
                 max_num_seqs = {seqs}
                 max_num_batched_tokens = {budget}
                 max_model_len = 1024
+                policy = "{policy}"
+                preemption = "{preemption}"
+                swap_space_gb = 0.01
+                queue_order = "{order}"
+                long_prefill_token_threshold = {chunk}
+                batch_timeout_ms = 20.0
                 [workload]
                 arrival = "{arrival}"
                 rate_per_s = 50.0
@@ -208,7 +222,7 @@ fn arb_scenario() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 160, ..ProptestConfig::default() })]
 
     #[test]
     fn invariants_hold_for_any_scenario(toml in arb_scenario()) {

@@ -4,93 +4,27 @@
 //! outcome is shared (`crate::replica`). Policies take `now` and never read a
 //! clock.
 
+mod common;
+mod orca;
+mod sarathi;
+mod spec;
+mod static_batch;
+mod tgi;
 mod vllm;
 
 use std::collections::VecDeque;
-
-use serde::{Deserialize, Serialize};
 
 use crate::kv::{BlockId, BlockManager};
 use crate::step::{ReqId, StepPlan};
 use crate::workload::Request;
 
+pub use spec::{PolicyKind, Preemption, QueueOrder, SchedulerSpec};
+pub use common::{evict_recompute, victim};
+pub use orca::Orca;
+pub use sarathi::Sarathi;
+pub use static_batch::StaticBatch;
+pub use tgi::Tgi;
 pub use vllm::Vllm;
-
-/// `[scheduler]`. Defaults follow vLLM's engine arguments.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct SchedulerSpec {
-    pub policy: PolicyKind,
-    /// vLLM default 256 (EngineArgs.max_num_seqs).
-    pub max_num_seqs: u32,
-    /// Tokens one iteration may process. vLLM sizes this per deployment;
-    /// 8192 is its usual value for chunked serving (an assumption here).
-    pub max_num_batched_tokens: u32,
-    /// vLLM default 16 (CacheConfig.block_size).
-    pub block_size_tokens: u32,
-    /// vLLM default 0.9.
-    pub gpu_memory_utilization: f64,
-    /// Fraction of KV blocks kept free at admission so running sequences can
-    /// grow; vLLM v0 BlockSpaceManager default 0.01.
-    pub watermark: f64,
-    /// Longest prompt + output served; default: the model's context.
-    pub max_model_len: Option<u32>,
-    /// KV blocks per replica, instead of sizing the cache from GPU memory
-    /// (vLLM's `num_gpu_blocks_override`).
-    pub num_gpu_blocks_override: Option<u32>,
-}
-
-impl Default for SchedulerSpec {
-    fn default() -> Self {
-        SchedulerSpec {
-            policy: PolicyKind::Vllm,
-            max_num_seqs: 256,
-            max_num_batched_tokens: 8192,
-            block_size_tokens: 16,
-            gpu_memory_utilization: 0.9,
-            watermark: 0.01,
-            max_model_len: None,
-            num_gpu_blocks_override: None,
-        }
-    }
-}
-
-impl SchedulerSpec {
-    pub fn validate(&self) -> Result<(), (String, String)> {
-        let positive = [
-            ("max_num_seqs", self.max_num_seqs),
-            ("max_num_batched_tokens", self.max_num_batched_tokens),
-            ("block_size_tokens", self.block_size_tokens),
-            ("max_model_len", self.max_model_len.unwrap_or(1)),
-            ("num_gpu_blocks_override", self.num_gpu_blocks_override.unwrap_or(1)),
-        ];
-        for (key, v) in positive {
-            if v == 0 {
-                return Err((format!("scheduler.{key}"), "an integer ≥ 1, got 0".into()));
-            }
-        }
-        if self.max_model_len.is_some_and(|l| l < 2) {
-            return Err(("scheduler.max_model_len".into(), "at least 2 tokens (1 prompt + 1 output)".into()));
-        }
-        let u = self.gpu_memory_utilization;
-        if !(u > 0.0 && u <= 1.0) {
-            return Err(("scheduler.gpu_memory_utilization".into(), format!("a fraction in (0, 1], got {u}")));
-        }
-        if !(0.0..1.0).contains(&self.watermark) {
-            return Err(("scheduler.watermark".into(), format!("a fraction in [0, 1), got {}", self.watermark)));
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PolicyKind {
-    /// vLLM's original scheduler (Kwon et al. SOSP'23; vllm/core/scheduler.py
-    /// in v0.x): whole-prompt prefills first, paged admission, recompute
-    /// preemption of the newest request.
-    Vllm,
-}
 
 /// Resolved limits every policy works within.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -99,6 +33,7 @@ pub struct Limits {
     pub max_num_batched_tokens: u32,
     pub max_model_len: u32,
     pub watermark_blocks: u32,
+    pub queue_order: QueueOrder,
 }
 
 /// A request's serving state on a replica.
@@ -114,9 +49,15 @@ pub struct Seq {
     pub generated: u32,
     pub first_token_ns: u64,
     pub last_token_ns: u64,
+    /// Smaller is more urgent (with `queue_order = "priority"`).
+    pub priority: i32,
     pub blocks: Vec<BlockId>,
     pub preemptions: u32,
-    pub prefix_hashes: Vec<u64>,
+    pub prefix: Vec<crate::prefix::Segment>,
+    /// Chained hashes of full blocks of content (prefix caching only).
+    pub hashes: Vec<u64>,
+    /// Leading blocks of `blocks` registered in the prefix cache.
+    pub committed_blocks: u32,
 }
 
 impl Seq {
@@ -130,9 +71,12 @@ impl Seq {
             generated: 0,
             first_token_ns: 0,
             last_token_ns: 0,
+            priority: r.priority,
             blocks: Vec::new(),
             preemptions: 0,
-            prefix_hashes: r.prefix_hashes,
+            prefix: r.prefix,
+            hashes: Vec::new(),
+            committed_blocks: 0,
         }
     }
 
@@ -149,14 +93,60 @@ impl Seq {
     pub fn is_done(&self) -> bool {
         self.generated >= self.output_tokens
     }
+
+    /// Hashes of the full blocks among the first `tokens` tokens, computed
+    /// as content becomes known (prompt, then generated tokens).
+    pub fn block_hashes(&mut self, block_size: u32, tokens: u32) -> &[u64] {
+        let want = (tokens / block_size) as usize;
+        if self.hashes.len() < want {
+            let mut content = Vec::new();
+            crate::prefix::request_content(&self.prefix, self.id, self.input_tokens, self.generated, &mut content);
+            crate::prefix::block_hashes(&content, block_size, &mut self.hashes);
+        }
+        &self.hashes[..want.min(self.hashes.len())]
+    }
 }
 
 /// A replica's queues. `running` is in admission order (oldest first), which
-/// is the preemption order's reverse.
+/// is the FCFS preemption order's reverse; `waiting` is in service order.
 #[derive(Debug, Default)]
 pub struct Queues {
     pub waiting: VecDeque<Seq>,
     pub running: Vec<Seq>,
+    /// Preempted by swapping: KV in host memory (vllm with swap).
+    pub swapped: VecDeque<Seq>,
+}
+
+impl Queues {
+    /// A new arrival joins the waiting queue in service order.
+    pub fn enqueue(&mut self, seq: Seq, order: QueueOrder) {
+        match order {
+            QueueOrder::Fcfs => self.waiting.push_back(seq),
+            QueueOrder::Priority => {
+                let at = self.waiting.partition_point(|w| urgency(w) <= urgency(&seq));
+                self.waiting.insert(at, seq);
+            }
+        }
+    }
+
+    /// A preempted sequence goes back ahead of everything that arrived after
+    /// it: to the front (FCFS) or to its place by priority.
+    pub fn requeue(&mut self, seq: Seq, order: QueueOrder) {
+        match order {
+            QueueOrder::Fcfs => self.waiting.push_front(seq),
+            QueueOrder::Priority => self.enqueue(seq, order),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty() && self.swapped.is_empty()
+    }
+}
+
+/// Service order under priority scheduling: priority, then arrival, then id
+/// (vLLM v1 orders its priority queue by (priority, arrival time)).
+pub fn urgency(s: &Seq) -> (i32, u64, ReqId) {
+    (s.priority, s.arrival_ns, s.id)
 }
 
 /// Everything a policy sees and may change when it plans one iteration.
@@ -182,21 +172,19 @@ pub trait Policy {
     fn schedule(&mut self, cx: &mut Ctx<'_>);
 
     /// Why this policy can never serve `r` (beyond the common checks).
-    fn refusal(&self, _limits: &Limits, _r: &Request) -> Option<&'static str> {
+    fn refusal(&self, _limits: &Limits, _kv: &BlockManager, _r: &Request) -> Option<&'static str> {
         None
     }
 }
 
-/// Evicts `seq` to recompute later (vLLM PreemptionMode.RECOMPUTE): its KV
-/// is dropped and its prompt plus generated tokens will be prefilled again.
-pub fn preempt_recompute(seq: &mut Seq, kv: &mut BlockManager) {
-    kv.release(&mut seq.blocks);
-    seq.computed = 0;
-    seq.preemptions += 1;
-}
-
-pub fn new_policy(kind: PolicyKind) -> Box<dyn Policy + Send> {
-    match kind {
-        PolicyKind::Vllm => Box::new(Vllm),
+/// The policy a scenario names, with its knobs. `swap_blocks`: KV blocks
+/// that fit in the host swap space.
+pub fn new_policy(spec: &SchedulerSpec, swap_blocks: u32) -> Box<dyn Policy + Send> {
+    match spec.policy {
+        PolicyKind::Static => Box::new(StaticBatch::new(spec)),
+        PolicyKind::Orca => Box::new(Orca),
+        PolicyKind::Vllm => Box::new(Vllm::new(spec.preemption, swap_blocks)),
+        PolicyKind::Sarathi => Box::new(Sarathi::new(spec)),
+        PolicyKind::Tgi => Box::new(Tgi::new(spec)),
     }
 }

@@ -7,119 +7,143 @@
 //! sequence needs a block and none is free, the newest running sequence is
 //! preempted by recompute (possibly the sequence itself).
 
-use super::{preempt_recompute, Ctx, Limits, Policy, Queues, Seq};
+use super::common::{admit_head, evict_recompute, fits, grow_or_evict, plan_tokens};
+use super::{Ctx, Limits, Policy, Preemption};
 use crate::kv::BlockManager;
-use crate::step::{PlanItem, StepPlan};
 use crate::workload::Request;
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Vllm;
+/// With `preemption = "swap"`, victims' KV moves to host memory while it
+/// has room (`swap_blocks`) and comes back before they decode again; the
+/// copies cost host-link time in the step that makes them. When host memory
+/// is full vLLM v0 fails the engine; we fall back to recompute instead.
+#[derive(Debug, Clone)]
+pub struct Vllm {
+    preemption: Preemption,
+    swap_blocks: u32,
+    swap_used: u32,
+}
 
-impl Policy for Vllm {
-    fn schedule(&mut self, cx: &mut Ctx<'_>) {
-        schedule_prefills(cx.limits, cx.q, cx.kv, cx.plan, cx.aborted);
-        if cx.plan.is_empty() {
-            schedule_decodes(cx.limits, cx.q, cx.kv, cx.plan);
+impl Vllm {
+    pub fn new(preemption: Preemption, swap_blocks: u32) -> Self {
+        Vllm { preemption, swap_blocks, swap_used: 0 }
+    }
+
+    fn evict(&mut self, cx: &mut Ctx<'_>, i: usize) {
+        let blocks = cx.q.running[i].blocks.len() as u32;
+        if self.preemption == Preemption::Recompute || self.swap_used + blocks > self.swap_blocks {
+            return evict_recompute(cx, i);
+        }
+        let mut seq = cx.q.running.remove(i);
+        cx.kv.release(&mut seq.blocks);
+        seq.committed_blocks = 0;
+        self.swap_used += blocks;
+        cx.plan.swap_out_tokens += seq.computed as u64;
+        cx.plan.preempted.push(seq.id);
+        seq.preemptions += 1;
+        cx.q.swapped.push_back(seq);
+    }
+
+    fn schedule_decodes(&mut self, cx: &mut Ctx<'_>) {
+        let mut budget = cx.limits.max_num_batched_tokens;
+        let mut i = 0;
+        while i < cx.q.running.len() && budget > 0 {
+            let need = cx.q.running[i].computed + 1;
+            if !grow_or_evict(cx, i, need, |cx, v| self.evict(cx, v)) {
+                // It was evicted itself; the next sequence moved into slot i.
+                continue;
+            }
+            plan_tokens(cx.plan, &cx.q.running, i, 1);
+            budget -= 1;
+            i += 1;
         }
     }
 
-    fn refusal(&self, limits: &Limits, r: &Request) -> Option<&'static str> {
+    /// Swapped sequences come back, oldest first, when no one was preempted
+    /// this step (vllm/core/scheduler.py `_schedule_swapped`).
+    fn schedule_swap_ins(&mut self, cx: &mut Ctx<'_>) {
+        while let Some(seq) = cx.q.swapped.front() {
+            let need = seq.computed + 1;
+            if cx.q.running.len() as u32 >= cx.limits.max_num_seqs
+                || !fits(cx.kv, &seq.blocks, need, cx.limits.watermark_blocks)
+            {
+                break;
+            }
+            let mut seq = cx.q.swapped.pop_front().expect("front exists");
+            let restored = cx.kv.blocks_for(seq.computed);
+            cx.kv.grow(&mut seq.blocks, need);
+            self.swap_used -= restored.min(self.swap_used);
+            cx.plan.swap_in_tokens += seq.computed as u64;
+            cx.q.running.push(seq);
+            plan_tokens(cx.plan, &cx.q.running, cx.q.running.len() - 1, 1);
+        }
+    }
+}
+
+impl Policy for Vllm {
+    fn schedule(&mut self, cx: &mut Ctx<'_>) {
+        if cx.q.swapped.is_empty() {
+            schedule_prefills(cx);
+        }
+        if cx.plan.is_empty() {
+            self.schedule_decodes(cx);
+            if cx.plan.preempted.is_empty() {
+                self.schedule_swap_ins(cx);
+            }
+        }
+    }
+
+    fn refusal(&self, limits: &Limits, _kv: &BlockManager, r: &Request) -> Option<&'static str> {
         // Without chunked prefill a prompt must fit one step (vLLM v0
         // ignores such prompts with "Input prompt is too long").
         (r.input_tokens > limits.max_num_batched_tokens).then_some("prompt_exceeds_max_num_batched_tokens")
     }
 }
 
-fn schedule_prefills(
-    limits: &Limits,
-    q: &mut Queues,
-    kv: &mut BlockManager,
-    plan: &mut StepPlan,
-    aborted: &mut Vec<(Seq, &'static str)>,
-) {
-    let mut budget = limits.max_num_batched_tokens;
-    while let Some(seq) = q.waiting.front() {
+/// Whole prompts, first come first served, while the token budget, the
+/// sequence cap and the free blocks less the watermark allow.
+fn schedule_prefills(cx: &mut Ctx<'_>) {
+    let mut budget = cx.limits.max_num_batched_tokens;
+    while let Some(seq) = cx.q.waiting.front() {
         let n = seq.pending_tokens();
-        if n > limits.max_num_batched_tokens {
+        if n > cx.limits.max_num_batched_tokens {
             // A recompute that grew past one step's budget can never run
             // again; vLLM marks it FINISHED_IGNORED. We report it.
-            let seq = q.waiting.pop_front().expect("front exists");
-            aborted.push((seq, "recompute_exceeds_max_num_batched_tokens"));
+            let seq = cx.q.waiting.pop_front().expect("front exists");
+            cx.aborted.push((seq, "recompute_exceeds_max_num_batched_tokens"));
             continue;
         }
-        if n > budget || q.running.len() as u32 >= limits.max_num_seqs {
+        if n > budget || cx.q.running.len() as u32 >= cx.limits.max_num_seqs {
             break;
         }
-        let need = kv.blocks_for(seq.known_tokens());
-        if kv.num_free() < need + limits.watermark_blocks {
-            break;
-        }
-        let mut seq = q.waiting.pop_front().expect("front exists");
-        let known = seq.known_tokens();
-        let grown = kv.grow(&mut seq.blocks, known);
-        debug_assert!(grown, "free blocks checked above");
+        let admitted = admit_head(cx, cx.limits.watermark_blocks, |s| Some((s.pending_tokens(), s.known_tokens())));
+        let Some((slot, n)) = admitted else { break };
         budget -= n;
-        plan.items.push(PlanItem {
-            req: seq.id,
-            slot: q.running.len() as u32,
-            new_tokens: n,
-            context_tokens: seq.computed,
-            samples: true,
-        });
-        q.running.push(seq);
-    }
-}
-
-fn schedule_decodes(limits: &Limits, q: &mut Queues, kv: &mut BlockManager, plan: &mut StepPlan) {
-    let mut budget = limits.max_num_batched_tokens;
-    let mut i = 0;
-    while i < q.running.len() && budget > 0 {
-        let need = q.running[i].computed + 1;
-        let mut fits = kv.grow(&mut q.running[i].blocks, need);
-        while !fits {
-            // Preempt from the back: the newest request, lowest priority.
-            let mut victim = q.running.pop().expect("sequence i is running");
-            preempt_recompute(&mut victim, kv);
-            plan.preempted.push(victim.id);
-            let was_self = q.running.len() == i;
-            q.waiting.push_front(victim);
-            if was_self {
-                break;
-            }
-            fits = kv.grow(&mut q.running[i].blocks, need);
-        }
-        if !fits {
-            break;
-        }
-        let seq = &q.running[i];
-        plan.items.push(PlanItem {
-            req: seq.id,
-            slot: i as u32,
-            new_tokens: 1,
-            context_tokens: seq.computed,
-            samples: true,
-        });
-        budget -= 1;
-        i += 1;
+        plan_tokens(cx.plan, &cx.q.running, slot, n);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::sched::{QueueOrder, Queues, Seq};
+    use crate::step::StepPlan;
 
     fn seq(id: u64, input_tokens: u32) -> Seq {
-        Seq::new(Request { id, arrival_ns: 0, input_tokens, output_tokens: 100, prefix_hashes: Vec::new() })
+        Seq::new(Request { id, arrival_ns: 0, input_tokens, output_tokens: 100, ..Request::default() })
     }
 
     fn limits(watermark_blocks: u32) -> Limits {
-        Limits { max_num_seqs: 3, max_num_batched_tokens: 100, max_model_len: 1000, watermark_blocks }
+        Limits { max_num_seqs: 3, max_num_batched_tokens: 100, max_model_len: 1000, watermark_blocks, queue_order: QueueOrder::Fcfs }
     }
 
     fn plan_once(limits: &Limits, q: &mut Queues, kv: &mut BlockManager) -> (StepPlan, u32) {
+        plan_with(&mut Vllm::new(Preemption::Recompute, 0), limits, q, kv)
+    }
+
+    fn plan_with(p: &mut Vllm, limits: &Limits, q: &mut Queues, kv: &mut BlockManager) -> (StepPlan, u32) {
         let (mut plan, mut aborted) = (StepPlan::default(), Vec::new());
         let mut cx = Ctx { now_ns: 0, limits, q, kv, plan: &mut plan, aborted: &mut aborted, wake_at_ns: None };
-        Vllm.schedule(&mut cx);
+        p.schedule(&mut cx);
         assert!(aborted.is_empty());
         let n = plan.preempted.len() as u32;
         (plan, n)
@@ -167,5 +191,40 @@ mod tests {
         assert_eq!(plan.items.iter().map(|i| i.req).collect::<Vec<_>>(), vec![0]);
         assert_eq!((q.waiting[0].id, q.waiting[0].computed, q.waiting[0].preemptions), (1, 0, 1));
         assert_eq!(kv.num_free(), 1);
+    }
+
+    #[test]
+    fn swap_moves_kv_out_and_back_in_and_falls_back_to_recompute_when_host_is_full() {
+        let mut kv = BlockManager::new(4, 10);
+        let mut q = Queues::default();
+        let mut p = Vllm::new(Preemption::Swap, 2);
+        q.waiting.extend([seq(0, 20), seq(1, 20)]);
+        plan_with(&mut p, &limits(0), &mut q, &mut kv);
+        for s in &mut q.running {
+            s.computed = 20;
+            s.generated = 1;
+        }
+        // Request 1 (2 blocks) fits the 2-block host space: swapped, not dropped.
+        let (plan, _) = plan_with(&mut p, &limits(0), &mut q, &mut kv);
+        assert_eq!((plan.preempted.clone(), plan.swap_out_tokens, plan.recompute_tokens), (vec![1], 20, 0));
+        assert_eq!((q.swapped.len(), q.swapped[0].computed), (1, 20));
+        // Request 0 finishes; request 1 comes back with its KV and decodes.
+        let mut done = q.running.remove(0);
+        kv.release(&mut done.blocks);
+        let (plan, _) = plan_with(&mut p, &limits(0), &mut q, &mut kv);
+        assert_eq!((plan.swap_in_tokens, plan.items.len(), plan.items[0].context_tokens), (20, 1, 20));
+        assert!(q.swapped.is_empty());
+        // With no host room left, a victim is recomputed instead.
+        let mut kv = BlockManager::new(4, 10);
+        let mut q = Queues::default();
+        let mut p = Vllm::new(Preemption::Swap, 0);
+        q.waiting.extend([seq(0, 20), seq(1, 20)]);
+        plan_with(&mut p, &limits(0), &mut q, &mut kv);
+        for s in &mut q.running {
+            s.computed = 20;
+            s.generated = 1;
+        }
+        let (plan, _) = plan_with(&mut p, &limits(0), &mut q, &mut kv);
+        assert_eq!((plan.swap_out_tokens, plan.recompute_tokens), (0, 20));
     }
 }

@@ -59,7 +59,7 @@ fn same_seed_same_sequence_other_seed_other_arrivals() {
     assert_eq!(a.len(), 1000);
     assert_eq!(a, all(&s, 7, 4096));
     assert_ne!(arrivals(&a), arrivals(&all(&s, 8, 4096)));
-    assert!(a.iter().enumerate().all(|(i, r)| r.id == i as u64 && r.prefix_hashes.is_empty()));
+    assert!(a.iter().enumerate().all(|(i, r)| r.id == i as u64 && r.prefix.is_empty() && (r.class, r.priority, r.session) == (0, 0, None)));
     assert!(a.windows(2).all(|w| w[0].arrival_ns <= w[1].arrival_ns));
 }
 
@@ -160,12 +160,20 @@ fn azure_fixture_replays() {
 }
 
 #[test]
-fn mooncake_fixture_replays_with_prefix_hashes() {
+fn mooncake_fixture_replays_with_prefix_blocks() {
     let reqs = all(&trace_spec(data("mooncake_conversation_head200.jsonl"), ""), 0, 4096);
     assert_eq!(reqs.len(), 200);
     assert_eq!((reqs[0].arrival_ns, reqs[0].input_tokens, reqs[0].output_tokens), (0, 6758, 500));
-    assert_eq!(reqs[0].prefix_hashes, (0..=13).collect::<Vec<u64>>());
-    assert_eq!(reqs[16].prefix_hashes, [0, 462]); // line 17: {"timestamp": 3000, "input_length": 915, "output_length": 355, ...}
+    // Line 1: input_length 6758, hash_ids 0..=13: 13 blocks of 512, then 6758 − 6656 = 102.
+    let mut want: Vec<Segment> = (0..13).map(|id| Segment { id, tokens: 512 }).collect();
+    want.push(Segment { id: 13, tokens: 102 });
+    assert_eq!(reqs[0].prefix, want);
+    // Line 17: {"timestamp": 3000, "input_length": 915, "output_length": 355, "hash_ids": [0, 462]}
+    assert_eq!(reqs[16].prefix, [Segment { id: 0, tokens: 512 }, Segment { id: 462, tokens: 403 }]);
+    // The blocks cover each prompt exactly; every row of this trace opens with block 0.
+    let covered = |r: &Request| r.prefix.iter().map(|s| s.tokens).sum::<u32>();
+    assert!(reqs.iter().all(|r| covered(r) == r.input_tokens && r.session == Some(0)));
+    assert!(reqs.iter().all(|r| (r.class, r.priority) == (0, 0)));
     assert_eq!((reqs[16].arrival_ns, reqs[16].input_tokens, reqs[16].output_tokens), (3_000_000_000, 915, 355));
     assert_eq!(reqs[199].arrival_ns, 72_000_000_000);
 }
@@ -256,3 +264,298 @@ fn toml_forms_errors_and_round_trip() {
     assert_eq!(toml::from_str::<WorkloadSpec>(&toml::to_string(&t).unwrap()).unwrap(), t);
 }
 
+
+// ---- prefixes, conversations, classes ----
+
+fn first_arrivals(reqs: &[Request], n: usize) -> Vec<u64> {
+    arrivals(&reqs[..n])
+}
+
+fn tokens(prefix: &[Segment]) -> u32 {
+    prefix.iter().map(|s| s.tokens).sum()
+}
+
+/// Plays the simulator's part: pulls every first turn, serves each request for `service(r)`
+/// ns, reports finishes in time order (ties by id), and lets `fail(r)` turns generate one
+/// token fewer than asked. Returns every request with its finish time, in finishing order.
+fn converse(w: &mut Workload, service: impl Fn(&Request) -> u64, fail: impl Fn(&Request) -> bool) -> Vec<(Request, u64)> {
+    let mut pending = std::collections::BTreeMap::new();
+    while let Some(r) = w.next_request().unwrap() {
+        pending.insert((r.arrival_ns + service(&r), r.id), r);
+    }
+    let mut out = Vec::new();
+    while let Some(((finish, _), r)) = pending.pop_first() {
+        let generated = if fail(&r) { r.output_tokens - 1 } else { r.output_tokens };
+        if let Some(next) = w.on_finished(r.id, finish, generated).unwrap() {
+            pending.insert((next.arrival_ns + service(&next), next.id), next);
+        }
+        out.push((r, finish));
+    }
+    assert_eq!(w.live_conversations(), 0, "no state is left once every turn finished");
+    out
+}
+
+/// Requests by session, each conversation's turns in order.
+fn by_session(reqs: &[(Request, u64)]) -> std::collections::BTreeMap<u64, Vec<(Request, u64)>> {
+    let mut m = std::collections::BTreeMap::<u64, Vec<(Request, u64)>>::new();
+    for (r, f) in reqs {
+        m.entry(r.session.expect("every turn has its conversation")).or_default().push((r.clone(), *f));
+    }
+    m.values_mut().for_each(|v| v.sort_by_key(|(r, _)| r.id));
+    m
+}
+
+#[test]
+fn prefix_groups_are_uniform_and_leave_arrivals_and_lengths_alone() {
+    let base = all(&spec("num_requests = 80000"), 11, BIG_CONTEXT);
+    let with = all(&spec("num_requests = 80000\n[prefix]\ngroups = 8\ntokens = 100"), 11, BIG_CONTEXT);
+    assert_eq!(arrivals(&base), arrivals(&with));
+    let mut count = std::collections::BTreeMap::<u64, u32>::new();
+    for (a, b) in base.iter().zip(&with) {
+        assert_eq!((b.input_tokens, b.output_tokens), (a.input_tokens + 100, a.output_tokens));
+        assert!(b.prefix.len() == 1 && b.prefix[0].tokens == 100, "{:?}", b.prefix);
+        assert_eq!(b.session, Some(b.prefix[0].id));
+        *count.entry(b.prefix[0].id).or_default() += 1;
+    }
+    assert_eq!(count.len(), 8, "{count:?}");
+    // 10000 expected per group, σ ≈ 94.
+    assert!(count.values().all(|&n| n.abs_diff(10_000) < 400), "{count:?}");
+
+    let some = all(&spec("num_requests = 80000\n[prefix]\ngroups = 8\ntokens = 100\nfraction = 0.25"), 11, BIG_CONTEXT);
+    assert_eq!(arrivals(&base), arrivals(&some));
+    let shared = some.iter().filter(|r| !r.prefix.is_empty()).count() as f64 / 8e4;
+    assert!((shared - 0.25).abs() < 0.01, "{shared}");
+    for (a, b) in base.iter().zip(&some).filter(|(_, b)| b.prefix.is_empty()) {
+        assert_eq!((b.input_tokens, b.session), (a.input_tokens, None));
+    }
+    // A drawn prompt makes room for the shared one; the output for both.
+    let tight = all(&spec("[prefix]\ngroups = 2\ntokens = 100"), 0, 128);
+    assert!(tight.iter().all(|r| (101..=127).contains(&r.input_tokens) && r.input_tokens + r.output_tokens <= 128));
+    assert!(tight.iter().any(|r| r.input_tokens == 127));
+}
+
+#[test]
+fn conversation_turns_carry_the_previous_content() {
+    let body = "rate_per_s = 5.0\nnum_requests = 3000\n\
+        input_tokens = { dist = \"uniform\", min = 10, max = 60 }\n\
+        output_tokens = { dist = \"uniform\", min = 5, max = 40 }\n\
+        [prefix]\ngroups = 3\ntokens = 32\n\
+        [conversation]\nturns = { dist = \"uniform\", min = 1, max = 6 }\nthink_time_ms = 250.0";
+    let s = spec(body);
+    let mut w = Workload::open(&s, 4, BIG_CONTEXT, Path::new("/")).unwrap();
+    assert!(w.has_conversations());
+    let reqs = converse(&mut w, |r| 1_000_000 * (1 + r.id % 7 + r.output_tokens as u64), |_| false);
+    assert_eq!(reqs.len(), 3000, "num_requests counts every turn");
+    let convs = by_session(&reqs);
+    // The first turns are what the workload gives without conversations.
+    let plain = all(&WorkloadSpec { conversation: None, ..s.clone() }, 4, BIG_CONTEXT);
+    let firsts: Vec<Request> = convs.values().map(|v| v[0].0.clone()).collect();
+    assert_eq!(arrivals(&firsts), first_arrivals(&plain, firsts.len()));
+    for (f, p) in firsts.iter().zip(&plain) {
+        assert_eq!((f.input_tokens, f.output_tokens, &f.prefix), (p.input_tokens, p.output_tokens, &p.prefix));
+    }
+    let mut turns = [0u32; 7];
+    for (&session, conv) in &convs {
+        turns[conv.len()] += 1;
+        assert_eq!(conv[0].0.id, session, "a conversation is named by its first request");
+        for pair in conv.windows(2) {
+            let ((a, a_finish), (b, _)) = (&pair[0], &pair[1]);
+            assert_eq!(b.arrival_ns, a_finish + 250_000_000, "the user thinks after the answer");
+            // Turn k + 1's prefix is turn k's whole content: its prefix, the rest of its
+            // prompt, its answer.
+            assert!(b.prefix.starts_with(&a.prefix) && b.prefix.len() == a.prefix.len() + 2, "{:?} → {:?}", a.prefix, b.prefix);
+            let tail = &b.prefix[a.prefix.len()..];
+            assert_eq!((tail[0].tokens, tail[1].tokens), (a.input_tokens - tokens(&a.prefix), a.output_tokens));
+            assert_ne!(tail[0].id, tail[1].id);
+            assert_eq!(tokens(&b.prefix), a.input_tokens + a.output_tokens);
+            assert!((10..=60).contains(&(b.input_tokens - tokens(&b.prefix))));
+            assert!((5..=40).contains(&b.output_tokens));
+            assert_eq!((b.class, b.priority, b.session), (a.class, a.priority, a.session));
+        }
+    }
+    let started: u32 = turns.iter().sum();
+    let mean = turns.iter().enumerate().map(|(k, &n)| k as f64 * n as f64).sum::<f64>() / started as f64;
+    assert!(turns[1..].iter().all(|&n| n > 0) && (mean - 3.5).abs() < 0.25, "{turns:?}");
+    // Equal ids mean equal content: an id always names the same number of tokens.
+    let mut seen = std::collections::BTreeMap::new();
+    for s in reqs.iter().flat_map(|(r, _)| &r.prefix) {
+        assert_eq!(*seen.entry(s.id).or_insert(s.tokens), s.tokens, "segment {:x}", s.id);
+    }
+
+    // Later turns' lengths depend on (seed, conversation, turn), not on finishing order.
+    let mut w = Workload::open(&s, 4, BIG_CONTEXT, Path::new("/")).unwrap();
+    let other = by_session(&converse(&mut w, |r| 3_000_000 * (1 + r.id % 3), |_| false));
+    let shape = |m: &std::collections::BTreeMap<u64, Vec<(Request, u64)>>| -> Vec<Vec<(u32, u32, u32)>> {
+        m.values().map(|v| v.iter().map(|(r, _)| (r.input_tokens, r.output_tokens, tokens(&r.prefix))).collect()).collect()
+    };
+    assert_eq!(shape(&convs), shape(&other));
+}
+
+#[test]
+fn conversation_counts_end_on_failure_and_at_full_context() {
+    // Fixed turns: num_requests conversations' worth exactly; the last one cut to what is left.
+    for (n, conversations) in [(300, 100), (301, 101)] {
+        let s = spec(&format!("arrival = \"offline\"\nnum_requests = {n}\ninput_tokens = 20\noutput_tokens = 5\n[conversation]\nturns = 3"));
+        let mut w = Workload::open(&s, 0, 4096, Path::new("/")).unwrap();
+        let convs = by_session(&converse(&mut w, |_| 1000, |_| false));
+        assert_eq!(convs.len(), conversations);
+        assert_eq!(convs.values().map(Vec::len).sum::<usize>(), n);
+        assert!(convs.values().take(100).all(|v| v.len() == 3 && v.iter().map(|(r, _)| r.input_tokens).eq([20, 45, 70])));
+    }
+    // A failed turn (fewer tokens than asked: aborted or rejected) is its conversation's last.
+    let s = spec("num_requests = 2000\n[conversation]\nturns = 4\nthink_time_ms = 1.0");
+    let mut w = Workload::open(&s, 1, BIG_CONTEXT, Path::new("/")).unwrap();
+    let failed = |r: &Request| r.id % 7 == 3;
+    let reqs = converse(&mut w, |r| 1000 + r.id, failed);
+    assert!(reqs.len() < 2000);
+    for conv in by_session(&reqs).values() {
+        let first_failure = conv.iter().position(|(r, _)| failed(r));
+        assert!(first_failure.is_none_or(|k| k == conv.len() - 1), "{:?}", conv.iter().map(|(r, _)| r.id).collect::<Vec<_>>());
+        assert!(first_failure.is_some() || conv.len() == 4);
+    }
+    // Turn 4's prompt would be 320 tokens > max_model_len − 1: every conversation ends at 3.
+    let s = spec("arrival = \"offline\"\nnum_requests = 50\ninput_tokens = 50\noutput_tokens = 40\n[conversation]\nturns = 10");
+    let mut w = Workload::open(&s, 0, 300, Path::new("/")).unwrap();
+    let convs = by_session(&converse(&mut w, |_| 1000, |_| false));
+    assert_eq!(convs.len(), 5, "each conversation promised 10 of the 50 requests");
+    assert!(convs.values().all(|v| v.iter().map(|(r, _)| r.input_tokens).eq([50, 140, 230])));
+}
+
+#[test]
+fn classes_by_weight_with_their_lengths_and_priorities() {
+    let classes = "[[classes]]\nname = \"batch\"\nweight = 1.0\npriority = 5\n\
+        [[classes]]\nname = \"chat\"\nweight = 3.0\npriority = -1\ninput_tokens = 7\n\
+        output_tokens = { dist = \"uniform\", min = 1, max = 9 }";
+    let base = "input_tokens = 100\noutput_tokens = 200\nnum_requests = 40000\n";
+    let reqs = all(&spec(&format!("{base}{classes}")), 2, 4096);
+    assert_eq!(arrivals(&reqs), arrivals(&all(&spec(base), 2, 4096)));
+    let chat = reqs.iter().filter(|r| r.class == 1).count() as f64 / 4e4;
+    assert!((chat - 0.75).abs() < 0.01, "{chat}"); // σ ≈ 0.002
+    for r in &reqs {
+        match r.class {
+            0 => assert_eq!((r.input_tokens, r.output_tokens, r.priority), (100, 200, 5)),
+            1 => assert!(r.input_tokens == 7 && (1..=9).contains(&r.output_tokens) && r.priority == -1),
+            c => panic!("class {c}"),
+        }
+    }
+    // A conversation keeps its class: later turns draw the class's lengths.
+    let s = spec(&format!("{base}{classes}\n[conversation]\nturns = 2"));
+    let mut w = Workload::open(&s, 2, 4096, Path::new("/")).unwrap();
+    for conv in by_session(&converse(&mut w, |_| 10, |_| false)).values() {
+        let (a, b) = (&conv[0].0, &conv[1].0);
+        let new = b.input_tokens - a.input_tokens - a.output_tokens;
+        assert_eq!((b.class, b.priority, new), (a.class, a.priority, if a.class == 0 { 100 } else { 7 }));
+    }
+}
+
+#[test]
+fn mooncake_conversations_and_groups_stack_on_the_blocks() {
+    let path = data("mooncake_conversation_head200.jsonl");
+    let s = trace_spec(path.clone(), "");
+    let rows = all(&s, 0, 1 << 20);
+    // A shared prompt goes before the row's blocks.
+    let grouped = all(&WorkloadSpec { prefix: Some(PrefixSpec { groups: 1, tokens: 10, fraction: 1.0 }), ..s.clone() }, 0, 1 << 20);
+    for (a, b) in rows.iter().zip(&grouped) {
+        assert_eq!((b.input_tokens, &b.prefix[1..], b.prefix[0].tokens), (a.input_tokens + 10, &a.prefix[..], 10));
+        assert_eq!(b.session, Some(b.prefix[0].id));
+    }
+    // Each row starts a conversation; its second turn extends the row's blocks.
+    let conv = ConversationSpec { turns: LengthSpec::Fixed(2), think_time_ms: 0.0 };
+    let s = WorkloadSpec { conversation: Some(conv), input_tokens: LengthSpec::Fixed(3), output_tokens: LengthSpec::Fixed(4), ..s };
+    let mut w = Workload::open(&s, 0, 1 << 20, Path::new("/")).unwrap();
+    let convs = by_session(&converse(&mut w, |_| 5, |_| false));
+    assert_eq!(convs.len(), 200);
+    let first = &convs[&0];
+    assert_eq!(first[0].0.prefix, rows[0].prefix);
+    assert_eq!(first[1].0.input_tokens, 6758 + 500 + 3);
+    assert_eq!(&first[1].0.prefix[..14], &rows[0].prefix[..]);
+    assert_eq!(first[1].0.prefix[14].tokens, 500, "no prompt tail: the blocks cover the prompt");
+}
+
+#[test]
+fn new_keys_are_checked_with_their_paths() {
+    let two = "[[classes]]\nname = \"a\"\nweight = 1.0\n[[classes]]\nname = \"b\"\n";
+    let bad = [
+        ("[prefix]\ngroups = 0\ntokens = 5".to_string(), "workload.prefix.groups"),
+        ("[prefix]\ngroups = 2\ntokens = 0".into(), "workload.prefix.tokens"),
+        ("[prefix]\ngroups = 2\ntokens = 5\nfraction = 1.5".into(), "workload.prefix.fraction"),
+        ("[prefix]\ngroups = 2\ntokens = 5\nfraction = nan".into(), "workload.prefix.fraction"),
+        ("[conversation]\nturns = 0".into(), "workload.conversation.turns"),
+        ("[conversation]\nturns = { dist = \"uniform\", min = 3, max = 2 }".into(), "workload.conversation.turns.max"),
+        ("[conversation]\nturns = 2\nthink_time_ms = -1.0".into(), "workload.conversation.think_time_ms"),
+        ("[[classes]]\nname = \" \"\nweight = 1.0".into(), "workload.classes[0].name"),
+        (format!("{two}weight = 0.0"), "workload.classes[1].weight"),
+        (format!("{two}weight = inf"), "workload.classes[1].weight"),
+        ("[[classes]]\nname = \"a\"\nweight = 1e308\n[[classes]]\nname = \"b\"\nweight = 1e308".into(), "workload.classes[1].weight"),
+        ("[[classes]]\nname = \"a\"\nweight = 1.0\n[[classes]]\nname = \"a\"\nweight = 1.0".into(), "workload.classes[1].name"),
+        ("[[classes]]\nname = \"a\"\nweight = 1.0\ninput_tokens = 0".into(), "workload.classes[0].input_tokens"),
+        (format!("{two}weight = 1.0\noutput_tokens = {{ dist = \"normal\", mean = 5.0, std = -1.0 }}"), "workload.classes[1].output_tokens.std"),
+        // Later turns draw lengths even with a trace.
+        ("output_tokens = 0\ntrace = { path = \"t.csv\" }\n[conversation]\nturns = 2".into(), "workload.output_tokens"),
+    ];
+    for (body, key) in &bad {
+        let e = spec(body).validate().unwrap_err();
+        assert_eq!(e.key(), Some(*key), "{body}: {e}");
+    }
+    let e = spec(&format!("{two}weight = -2.0")).validate().unwrap_err().to_string();
+    assert!(e.starts_with("workload.classes[1].weight = -2.0: expected a finite weight > 0"), "{e}");
+    // A trace keeps its lengths: class lengths are not used, so not checked.
+    assert!(spec("trace = { path = \"t.csv\" }\n[[classes]]\nname = \"a\"\nweight = 1.0\ninput_tokens = 0").validate().is_ok());
+    // The shared prompt must leave room for a prompt token and an output token.
+    let p = spec("[prefix]\ngroups = 1\ntokens = 127");
+    let Err(e) = Workload::open(&p, 0, 128, Path::new("/")) else { panic!() };
+    assert_eq!(e.key(), Some("workload.prefix.tokens"), "{e}");
+    assert!(Workload::open(&spec("[prefix]\ngroups = 1\ntokens = 126"), 0, 128, Path::new("/")).is_ok());
+    // serde's own errors: unknown keys, and the path format validate() follows.
+    let err = |body: &str| toml::from_str::<WorkloadSpec>(body).unwrap_err().to_string();
+    assert!(err("[prefix]\ngroups = 1\ntokens = 5\nshare = 0.5").contains("unknown field `share`"));
+    assert!(err("[conversation]\nturns = 2\nthink_ms = 5").contains("unknown field `think_ms`"));
+    assert!(err("[[classes]]\nname = \"a\"\nweight = 1.0\nprio = 1").contains("unknown field `prio`"));
+    assert!(err("[prefix]\ngroups = 1").contains("missing field `tokens`"));
+    let text = "[[workload.classes]]\nname = \"a\"\nweight = 1.0\n[[workload.classes]]\nname = \"b\"\nweight = \"heavy\"\n";
+    let e = serde_path_to_error::deserialize::<_, crate::scenario::Scenario>(toml::Deserializer::new(text)).unwrap_err();
+    assert_eq!(e.path().to_string(), "workload.classes[1].weight");
+}
+
+#[test]
+fn new_sections_round_trip_with_defaults_written() {
+    let s = spec(
+        "[prefix]\ngroups = 4\ntokens = 64\n[conversation]\nturns = { dist = \"uniform\", min = 1, max = 4 }\n\
+         [[classes]]\nname = \"a\"\nweight = 2.0\n[[classes]]\nname = \"b\"\nweight = 1.0\npriority = -2\ninput_tokens = 9",
+    );
+    assert_eq!(s.prefix.as_ref().unwrap().fraction, 1.0);
+    assert_eq!((s.classes[0].priority, s.classes[0].input_tokens), (0, None));
+    let scenario = crate::scenario::Scenario { workload: s, ..Default::default() };
+    let text = toml::to_string(&scenario).unwrap();
+    for want in ["fraction = 1.0", "think_time_ms = 0.0", "[[workload.classes]]", "priority = 0", "priority = -2"] {
+        assert!(text.contains(want), "{want} missing from\n{text}");
+    }
+    assert_eq!(toml::from_str::<crate::scenario::Scenario>(&text).unwrap(), scenario, "{text}");
+    assert!(!toml::to_string(&WorkloadSpec::default()).unwrap().contains("classes"));
+}
+
+#[test]
+fn the_simulator_serves_every_turn() {
+    use crate::cost::{CostExecutor, Roofline};
+    use crate::des::Simulation;
+    let run = |workload: &str, set: &[&str]| {
+        let toml = format!("[workload]\n{workload}\n[output]\nrequests_csv = false\nsteps_csv = false\n");
+        let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
+        let l = crate::scenario::load_str(&toml, Path::new("conv.toml"), &set).unwrap_or_else(|e| panic!("{e}"));
+        let mut sim = Simulation::new(&l, |_| CostExecutor { model: Roofline::new(&l.model, &l.gpu, &l.scenario.cost) }).unwrap();
+        sim.run(|_| {}).unwrap()
+    };
+    let conv = "input_tokens = 64\noutput_tokens = 8\nnum_requests = 60\n[workload.conversation]\nturns = 3\nthink_time_ms = 10.0";
+    for arrival in ["arrival = \"offline\"", "arrival = \"poisson\"\nrate_per_s = 50.0"] {
+        let s = run(&format!("{arrival}\n{conv}"), &[]);
+        assert_eq!((s.completed, s.rejected), (60, 0), "{arrival}");
+    }
+    let s = run(&format!("arrival = \"closed_loop\"\nconcurrency = 4\n{conv}"), &[]);
+    assert_eq!(s.completed, 60);
+    assert!(s.max_requests_in_system <= 4, "a user waits for each answer: {}", s.max_requests_in_system);
+    // Turn 3's prompt (64 + 8 + 64 + 8 + 64 = 208) fits max_model_len − 1, but not with its
+    // 8 output tokens: it is rejected, and its conversation's 4th turn never comes.
+    let conv4 = conv.replace("turns = 3", "turns = 4");
+    let s = run(&format!("arrival = \"offline\"\n{conv4}"), &["scheduler.max_model_len=212"]);
+    assert_eq!((s.completed, s.rejected), (30, 15));
+}

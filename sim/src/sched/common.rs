@@ -1,0 +1,107 @@
+//! Mechanics several policies share: planning a sequence's tokens, choosing
+//! and evicting a preemption victim, admitting the head of the queue.
+
+use super::{urgency, Ctx, QueueOrder, Seq};
+use crate::kv::BlockManager;
+use crate::step::{PlanItem, StepPlan};
+
+/// Plans `n` tokens of `running[slot]`; it samples when they reach the end of
+/// what is known (the last prompt chunk, or a decode).
+pub fn plan_tokens(plan: &mut StepPlan, running: &[Seq], slot: usize, n: u32) {
+    let seq = &running[slot];
+    plan.items.push(PlanItem {
+        req: seq.id,
+        slot: slot as u32,
+        new_tokens: n,
+        context_tokens: seq.computed,
+        samples: seq.computed + n == seq.known_tokens(),
+    });
+}
+
+/// The running sequence to evict first: the newest (FCFS, vLLM v0 and v1)
+/// or the least urgent (priority scheduling, vLLM v1).
+pub fn victim(running: &[Seq], order: QueueOrder) -> usize {
+    match order {
+        QueueOrder::Fcfs => running.len() - 1,
+        QueueOrder::Priority => (0..running.len()).max_by_key(|&i| urgency(&running[i])).expect("non-empty"),
+    }
+}
+
+/// Evicts `running[i]` to be recomputed later (vLLM PreemptionMode.RECOMPUTE):
+/// its KV is dropped and its prompt plus generated tokens will be prefilled
+/// again. Later sequences shift down one slot.
+pub fn evict_recompute(cx: &mut Ctx<'_>, i: usize) {
+    let mut seq = cx.q.running.remove(i);
+    cx.kv.release(&mut seq.blocks);
+    cx.plan.recompute_tokens += seq.computed as u64;
+    cx.plan.preempted.push(seq.id);
+    seq.computed = 0;
+    seq.committed_blocks = 0;
+    seq.preemptions += 1;
+    cx.q.requeue(seq, cx.limits.queue_order);
+}
+
+/// Makes room for `running[i]` to hold `tokens` tokens, evicting victims
+/// (possibly `i` itself) by `evict` until it fits. Returns whether `i` is
+/// still running and fits; victims are always taken after `i` in FCFS order,
+/// so the slots of sequences already planned stay valid.
+pub fn grow_or_evict(cx: &mut Ctx<'_>, i: usize, tokens: u32, mut evict: impl FnMut(&mut Ctx<'_>, usize)) -> bool {
+    loop {
+        if cx.kv.grow(&mut cx.q.running[i].blocks, tokens) {
+            return true;
+        }
+        // Never evict a sequence that is already in this step's plan.
+        let v = victim(&cx.q.running[i..], cx.limits.queue_order) + i;
+        evict(cx, v);
+        if v == i {
+            return false;
+        }
+    }
+}
+
+/// Moves the head of the waiting queue to `running`. With prefix caching,
+/// its longest cached prefix is reused first (computed tokens jump ahead;
+/// vLLM always recomputes at least the last known token so it can sample).
+/// `plan` then sees the sequence and returns (tokens to run now, tokens of
+/// KV to hold), or None to leave it waiting. KV is allocated keeping
+/// `keep_free` blocks free; `None` (nothing changed) when it is not there.
+/// Returns the new slot and the tokens to run.
+pub fn admit_head(
+    cx: &mut Ctx<'_>,
+    keep_free: u32,
+    plan: impl FnOnce(&Seq) -> Option<(u32, u32)>,
+) -> Option<(usize, u32)> {
+    let kv = &mut *cx.kv;
+    let seq = cx.q.waiting.front_mut()?;
+    let before = seq.computed;
+    let caching = kv.prefix_caching() && seq.blocks.is_empty();
+    let mut hit = 0;
+    if caching {
+        let bs = kv.block_size();
+        let usable = (seq.known_tokens() - 1) / bs * bs;
+        hit = kv.cached_blocks(seq.block_hashes(bs, usable));
+        seq.computed = seq.computed.max(hit * bs);
+    }
+    let admitted = plan(seq).filter(|&(_, tokens)| {
+        if caching {
+            let reused = kv.allocate(&mut seq.blocks, &seq.hashes[..hit as usize], tokens, keep_free);
+            debug_assert!(reused.is_none_or(|r| r == hit * kv.block_size()));
+            reused.is_some()
+        } else {
+            fits(kv, &seq.blocks, tokens, keep_free) && kv.grow(&mut seq.blocks, tokens)
+        }
+    });
+    let Some((n, _)) = admitted else {
+        seq.computed = before;
+        return None;
+    };
+    let seq = cx.q.waiting.pop_front().expect("front exists");
+    cx.q.running.push(seq);
+    Some((cx.q.running.len() - 1, n))
+}
+
+/// Whether `table` can grow to `tokens` tokens with `keep_free` blocks left.
+pub fn fits(kv: &BlockManager, table: &[u32], tokens: u32, keep_free: u32) -> bool {
+    let need = kv.blocks_for(tokens).saturating_sub(table.len() as u32);
+    need + keep_free <= kv.num_free()
+}
