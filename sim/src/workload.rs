@@ -720,7 +720,10 @@ impl Workload {
             },
         };
         let Drawn { arrival_ns, input_tokens, output_tokens, mut prefix } = drawn;
-        let first_block = prefix.first().map(|s| s.id);
+        // A trace row's session: its second 512-token block when it has one. In Mooncake's
+        // traces block 0 is one system prompt every row shares, so the first block that can
+        // differ is what names a conversation (rows of one conversation share it).
+        let first_block = prefix.get(1).or(prefix.first()).map(|s| s.id);
         if let Some(g) = group {
             prefix.insert(0, g);
         }

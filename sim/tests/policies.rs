@@ -10,16 +10,20 @@ use servetwin_sim::metrics::Summary;
 use servetwin_sim::scenario::load;
 
 fn run(name: &str, policy: &str) -> Summary {
+    run_with(name, &[&format!("scheduler.policy={policy}")], 400)
+}
+
+fn run_with(name: &str, set: &[&str], n: u64) -> Summary {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios/policies").join(name);
-    let set = [
-        format!("scheduler.policy={policy}"),
-        "workload.num_requests=400".to_string(),
+    let mut all = vec![
+        format!("workload.num_requests={n}"),
         "output.requests_csv=false".to_string(),
         "output.steps_csv=false".to_string(),
     ];
-    let l = load(&path, &set, None).unwrap_or_else(|e| panic!("{e}"));
+    all.extend(set.iter().map(|s| s.to_string()));
+    let l = load(&path, &all, None).unwrap_or_else(|e| panic!("{e}"));
     let s = simulate(&l, || Roofline::new(&l.model, &l.gpu, &l.scenario.cost), |_| {}, |_| {}).unwrap();
-    assert_eq!(s.completed, 400, "{name} {policy}: every request completes");
+    assert_eq!(s.completed, n, "{name} {set:?}: every request completes");
     s
 }
 
@@ -48,4 +52,16 @@ fn chunked_prefill_cuts_tail_inter_token_latency() {
     let (v, s) = (run("chunked-vs-prefill-first.toml", "vllm"), run("chunked-vs-prefill-first.toml", "sarathi"));
     assert!(s.p99_itl_ms * 2.0 < v.p99_itl_ms, "p99 ITL sarathi {} vs vllm {}", s.p99_itl_ms, v.p99_itl_ms);
     assert!(s.mean_tpot_ms < v.mean_tpot_ms);
+}
+
+#[test]
+fn prefix_caching_and_affinity_routing_pay_off_on_multi_turn_chat() {
+    let name = "prefix-caching-multiturn.toml";
+    let on = run_with(name, &[], 1500);
+    let off = run_with(name, &["scheduler.enable_prefix_caching=false"], 1500);
+    let rr = run_with(name, &["routing.policy=round_robin"], 1500);
+    assert!(on.request_throughput > 1.2 * off.request_throughput, "{} vs {}", on.request_throughput, off.request_throughput);
+    assert!(on.mean_ttft_ms * 3.0 < off.mean_ttft_ms, "TTFT {} vs {}", on.mean_ttft_ms, off.mean_ttft_ms);
+    assert_eq!(off.prefix_cache_hit_rate, 0.0);
+    assert!(on.prefix_cache_hit_rate > rr.prefix_cache_hit_rate + 0.1, "{} vs {}", on.prefix_cache_hit_rate, rr.prefix_cache_hit_rate);
 }

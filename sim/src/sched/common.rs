@@ -75,16 +75,17 @@ pub fn admit_head(
     let seq = cx.q.waiting.front_mut()?;
     let before = seq.computed;
     let caching = kv.prefix_caching() && seq.blocks.is_empty();
-    let mut hit = 0;
+    let (mut hit, mut usable) = (0, 0);
     if caching {
         let bs = kv.block_size();
-        let usable = (seq.known_tokens() - 1) / bs * bs;
-        hit = kv.cached_blocks(seq.block_hashes(bs, usable));
+        let hashes = seq.block_hashes(bs, (seq.known_tokens() - 1) / bs * bs);
+        usable = hashes.len();
+        hit = kv.cached_blocks(hashes);
         seq.computed = seq.computed.max(hit * bs);
     }
     let admitted = plan(seq).filter(|&(_, tokens)| {
         if caching {
-            let reused = kv.allocate(&mut seq.blocks, &seq.hashes[..hit as usize], tokens, keep_free);
+            let reused = kv.allocate(&mut seq.blocks, &seq.hashes[..usable], tokens, keep_free);
             debug_assert!(reused.is_none_or(|r| r == hit * kv.block_size()));
             reused.is_some()
         } else {

@@ -172,7 +172,9 @@ fn mooncake_fixture_replays_with_prefix_blocks() {
     assert_eq!(reqs[16].prefix, [Segment { id: 0, tokens: 512 }, Segment { id: 462, tokens: 403 }]);
     // The blocks cover each prompt exactly; every row of this trace opens with block 0.
     let covered = |r: &Request| r.prefix.iter().map(|s| s.tokens).sum::<u32>();
-    assert!(reqs.iter().all(|r| covered(r) == r.input_tokens && r.session == Some(0)));
+    assert!(reqs.iter().all(|r| covered(r) == r.input_tokens && r.session == r.prefix.get(1).map(|s| s.id)));
+    let sessions: std::collections::BTreeSet<_> = reqs.iter().map(|r| r.session).collect();
+    assert!(sessions.len() > 100, "rows of different conversations get different sessions");
     assert!(reqs.iter().all(|r| (r.class, r.priority) == (0, 0)));
     assert_eq!((reqs[16].arrival_ns, reqs[16].input_tokens, reqs[16].output_tokens), (3_000_000_000, 915, 355));
     assert_eq!(reqs[199].arrival_ns, 72_000_000_000);
