@@ -4,7 +4,13 @@
 //! requests per wall second and peak memory, against the target and
 //! the reference simulators measured on this machine.
 //!
-//!     cargo bench --bench sim_1m            # or: -- 200000 for a shorter run
+//!     cargo bench -p servetwin-sim --bench sim_1m                 # vllm policy
+//!     cargo bench -p servetwin-sim --bench sim_1m -- 200000 sarathi prefix-caching
+//!
+//! Arguments: a request count; `sarathi` for chunked prefill (vLLM v1);
+//! `prefix-caching` to turn automatic prefix caching on with 16 shared
+//! 512-token system prompts, so the cache has work to do; `caching-only`
+//! for caching on the unchanged workload (its bookkeeping alone).
 
 use std::path::Path;
 use std::time::Instant;
@@ -45,7 +51,20 @@ fn peak_rss_bytes() -> Option<u64> {
 
 fn main() {
     let n: u64 = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(1_000_000);
-    let set = [format!("workload.num_requests={n}")];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut set = vec![format!("workload.num_requests={n}")];
+    if args.iter().any(|a| a == "sarathi") {
+        set.push("scheduler.policy=sarathi".into());
+    }
+    if args.iter().any(|a| a == "caching-only") {
+        // The cache's bookkeeping on the unchanged workload (few hits).
+        set.push("scheduler.enable_prefix_caching=true".into());
+    }
+    if args.iter().any(|a| a == "prefix-caching") {
+        set.extend(["scheduler.enable_prefix_caching=true", "workload.prefix.groups=16", "workload.prefix.tokens=512"].map(String::from));
+        // The shared prompts lengthen every request: keep the load at ~90 %.
+        set.push("workload.rate_per_s=200".into());
+    }
     let loaded = load_str(SCENARIO, Path::new("bench/sim_1m.toml"), &set).expect("bench scenario is valid");
     let start = Instant::now();
     let summary = simulate(&loaded, || Roofline::new(&loaded.model, &loaded.gpu, &loaded.scenario.cost), |_| {}, |_| {})
@@ -56,9 +75,12 @@ fn main() {
     // budget; vLLM refuses those, and they are reported, not lost.
     assert_eq!(summary.completed + summary.rejected + summary.aborted, n, "every request is accounted for");
     println!(
-        "sim_1m: {n} requests ({} completed, {} rejected: {:?}), {} steps, {} output tokens simulated",
+        "sim_1m {set:?}: {n} requests ({} completed, {} rejected: {:?}), {} steps, {} output tokens simulated",
         summary.completed, summary.rejected, summary.not_completed_reasons, summary.num_steps, summary.total_output_tokens
     );
+    if loaded.scenario.scheduler.enable_prefix_caching {
+        println!("  prefix-cache hit rate: {:.3}", summary.prefix_cache_hit_rate);
+    }
     println!(
         "  simulated: {:.0} s, {:.1} req/s, busy {:.1} %, mean TTFT {:.1} ms, mean TPOT {:.2} ms",
         summary.duration,

@@ -19,13 +19,24 @@ pub type BlockId = u32;
 /// Marks the end of the free list.
 const NIL: BlockId = BlockId::MAX;
 
-/// A block's reference count and its links in the free list (meaningful
-/// only while the count is 0).
+/// A block's reference count, its links in the free list (meaningful only
+/// while the count is 0) and the hash it is cached under, if any: one cache
+/// line holds all a block's bookkeeping, since LRU eviction visits blocks
+/// freed long ago.
 #[derive(Debug, Clone, Copy)]
 struct Node {
+    /// Valid when `hashed` (then `by_hash[hash] == this block`).
+    hash: u64,
     ref_count: u32,
     prev: BlockId,
     next: BlockId,
+    hashed: bool,
+}
+
+impl Node {
+    fn hash(&self) -> Option<u64> {
+        self.hashed.then_some(self.hash)
+    }
 }
 
 /// A pool of `num_blocks` blocks of `block_size` tokens each, with optional
@@ -73,8 +84,6 @@ pub struct PrefixStats {
 #[derive(Debug, Clone)]
 struct PrefixCache {
     by_hash: HashMap<u64, BlockId, BuildHasherDefault<KeyHasher>>,
-    /// The hash block b is registered under (then `by_hash[h] == b`).
-    hash_of: Vec<Option<u64>>,
     stats: PrefixStats,
 }
 
@@ -108,6 +117,8 @@ impl BlockManager {
         // Linked 0 → 1 → … in order: low ids are handed out first.
         let nodes = (0..num_blocks)
             .map(|b| Node {
+                hash: 0,
+                hashed: false,
                 ref_count: 0,
                 prev: if b == 0 { NIL } else { b - 1 },
                 next: if b + 1 == num_blocks { NIL } else { b + 1 },
@@ -122,7 +133,6 @@ impl BlockManager {
         let mut kv = BlockManager::new(num_blocks, block_size);
         kv.cache = Some(Box::new(PrefixCache {
             by_hash: HashMap::default(),
-            hash_of: vec![None; num_blocks as usize],
             stats: PrefixStats::default(),
         }));
         kv
@@ -267,14 +277,14 @@ impl BlockManager {
         let Some(c) = &mut self.cache else { return };
         for (&b, &h) in table.iter().zip(hashes) {
             debug_assert!(self.nodes[b as usize].ref_count > 0, "commit of free block {b}");
-            let slot = &mut c.hash_of[b as usize];
-            if slot.is_some() {
-                debug_assert_eq!(*slot, Some(h), "block {b} registered under another hash");
+            let node = &mut self.nodes[b as usize];
+            if node.hashed {
+                debug_assert_eq!(node.hash, h, "block {b} registered under another hash");
                 continue;
             }
             if let Entry::Vacant(e) = c.by_hash.entry(h) {
                 e.insert(b);
-                *slot = Some(h);
+                (node.hash, node.hashed) = (h, true);
             }
         }
     }
@@ -313,9 +323,11 @@ impl BlockManager {
             self.nodes[next as usize].prev = NIL;
         }
         self.num_free -= 1;
-        self.nodes[b as usize].ref_count = 1;
+        let node = &mut self.nodes[b as usize];
+        node.ref_count = 1;
         if let Some(c) = &mut self.cache {
-            if let Some(h) = c.hash_of[b as usize].take() {
+            if let Some(h) = node.hash() {
+                node.hashed = false;
                 let removed = c.by_hash.remove(&h);
                 debug_assert_eq!(removed, Some(b));
                 c.stats.evicted_blocks += 1;

@@ -212,9 +212,13 @@ impl Replica {
         }
         let mut err = Ok(());
         let (id, kv) = (self.id, &mut self.kv);
+        let keep_unique = self.limits.conversations && kv.prefix_caching();
         self.q.running.retain_mut(|seq| {
             if !seq.is_done() {
                 return true;
+            }
+            if keep_unique {
+                seq.commit_blocks(kv, u32::MAX);
             }
             kv.release(&mut seq.blocks);
             if err.is_ok() {
@@ -225,19 +229,19 @@ impl Replica {
         err
     }
 
-    /// Registers blocks that this step filled with computed tokens in the
-    /// prefix cache, so later requests with the same content reuse them.
+    /// Registers in the prefix cache the blocks of shared content (a
+    /// sequence's `prefix`) this step filled, so concurrent and later
+    /// requests reuse them at once, as vLLM v1 caches every full block.
+    /// Blocks of content unique to a sequence can only ever be hit by that
+    /// sequence after a preemption, or by its conversation's next turn, so
+    /// they are registered when the sequence is preempted (`Seq::commit_
+    /// blocks` in the policies) or finishes within a conversation — the
+    /// same hits, without a cache entry per generated block.
     fn commit_full_blocks(&mut self) {
-        let bs = self.kv.block_size();
         for it in &self.plan.items {
             let seq = &mut self.q.running[it.slot as usize];
-            let full = seq.computed / bs;
-            if full > seq.committed_blocks {
-                let from = seq.committed_blocks as usize;
-                seq.block_hashes(bs, full * bs);
-                self.kv.commit(&seq.blocks[from..full as usize], &seq.hashes[from..full as usize]);
-                seq.committed_blocks = full;
-            }
+            let shared = seq.shared_tokens;
+            seq.commit_blocks(&mut self.kv, shared);
         }
     }
 

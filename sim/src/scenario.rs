@@ -187,6 +187,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         max_model_len,
         watermark_blocks: (sch.watermark * kv_blocks as f64) as u32,
         queue_order: sch.queue_order,
+        conversations: s.workload.conversation.is_some(),
     };
     let block_bytes = sch.block_size_tokens as f64 * model.kv_bytes_per_token() as f64;
     let swap_blocks = (sch.swap_space_gb * 1e9 / block_bytes).min(MAX_KV_BLOCKS as f64) as u32;

@@ -44,9 +44,9 @@ fn cache_map(kv: &BlockManager) -> BTreeMap<u64, BlockId> {
     let Some(c) = &kv.cache else { return BTreeMap::new() };
     let map: BTreeMap<u64, BlockId> = c.by_hash.iter().map(|(&h, &b)| (h, b)).collect();
     for (&h, &b) in &map {
-        assert_eq!(c.hash_of[b as usize], Some(h), "block {b} does not know its hash");
+        assert_eq!(kv.nodes[b as usize].hash(), Some(h), "block {b} does not know its hash");
     }
-    let named = c.hash_of.iter().filter(|h| h.is_some()).count();
+    let named = kv.nodes.iter().filter(|n| n.hashed).count();
     assert_eq!(named, map.len(), "a block names a hash the map lacks");
     map
 }

@@ -32,6 +32,10 @@ pub fn victim(running: &[Seq], order: QueueOrder) -> usize {
 /// again. Later sequences shift down one slot.
 pub fn evict_recompute(cx: &mut Ctx<'_>, i: usize) {
     let mut seq = cx.q.running.remove(i);
+    // What it computed stays cached for its own re-admission (vLLM v1).
+    if cx.kv.prefix_caching() {
+        seq.commit_blocks(cx.kv, u32::MAX);
+    }
     cx.kv.release(&mut seq.blocks);
     cx.plan.recompute_tokens += seq.computed as u64;
     cx.plan.preempted.push(seq.id);

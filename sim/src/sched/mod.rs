@@ -34,6 +34,8 @@ pub struct Limits {
     pub max_model_len: u32,
     pub watermark_blocks: u32,
     pub queue_order: QueueOrder,
+    /// Finished requests may be continued by a later turn (conversations).
+    pub conversations: bool,
 }
 
 /// A request's serving state on a replica.
@@ -56,12 +58,18 @@ pub struct Seq {
     pub prefix: Vec<crate::prefix::Segment>,
     /// Chained hashes of full blocks of content (prefix caching only).
     pub hashes: Vec<u64>,
+    /// The content those hashes cover (prefix caching only): built once,
+    /// then only the answer segment grows.
+    content: Vec<crate::prefix::Segment>,
     /// Leading blocks of `blocks` registered in the prefix cache.
     pub committed_blocks: u32,
+    /// Leading prompt tokens other requests may share (its `prefix`).
+    pub shared_tokens: u32,
 }
 
 impl Seq {
     pub fn new(r: Request) -> Seq {
+        let shared_tokens = r.prefix.iter().map(|s| s.tokens).sum::<u32>().min(r.input_tokens);
         Seq {
             id: r.id,
             arrival_ns: r.arrival_ns,
@@ -76,7 +84,9 @@ impl Seq {
             preemptions: 0,
             prefix: r.prefix,
             hashes: Vec::new(),
+            content: Vec::new(),
             committed_blocks: 0,
+            shared_tokens,
         }
     }
 
@@ -94,14 +104,33 @@ impl Seq {
         self.generated >= self.output_tokens
     }
 
+    /// Registers in the prefix cache the full blocks among its first
+    /// `tokens` computed tokens that are not registered yet.
+    pub fn commit_blocks(&mut self, kv: &mut BlockManager, tokens: u32) {
+        let bs = kv.block_size();
+        let full = tokens.min(self.computed) / bs;
+        if full > self.committed_blocks {
+            let from = self.committed_blocks as usize;
+            self.block_hashes(bs, full * bs);
+            kv.commit(&self.blocks[from..full as usize], &self.hashes[from..full as usize]);
+            self.committed_blocks = full;
+        }
+    }
+
     /// Hashes of the full blocks among the first `tokens` tokens, computed
     /// as content becomes known (prompt, then generated tokens).
     pub fn block_hashes(&mut self, block_size: u32, tokens: u32) -> &[u64] {
+        use crate::prefix::{block_hashes, request_content, unique_id, Segment, ANSWER};
         let want = (tokens / block_size) as usize;
         if self.hashes.len() < want {
-            let mut content = Vec::new();
-            crate::prefix::request_content(&self.prefix, self.id, self.input_tokens, self.generated, &mut content);
-            crate::prefix::block_hashes(&content, block_size, &mut self.hashes);
+            let answer = unique_id(self.id, ANSWER);
+            match self.content.last_mut() {
+                None => request_content(&self.prefix, self.id, self.input_tokens, self.generated, &mut self.content),
+                Some(last) if last.id == answer => last.tokens = self.generated,
+                Some(_) if self.generated > 0 => self.content.push(Segment { id: answer, tokens: self.generated }),
+                Some(_) => {}
+            }
+            block_hashes(&self.content, block_size, &mut self.hashes);
         }
         &self.hashes[..want.min(self.hashes.len())]
     }

@@ -61,6 +61,7 @@ mod tests {
             max_model_len: 64,
             watermark_blocks: 0,
             queue_order: QueueOrder::Fcfs,
+            conversations: false,
         };
         let (mut plan, mut aborted) = (StepPlan::default(), Vec::new());
         let mut cx = Ctx { now_ns, limits: &limits, q, kv, plan: &mut plan, aborted: &mut aborted, wake_at_ns: None };

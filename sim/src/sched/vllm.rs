@@ -34,6 +34,9 @@ impl Vllm {
             return evict_recompute(cx, i);
         }
         let mut seq = cx.q.running.remove(i);
+        if cx.kv.prefix_caching() {
+            seq.commit_blocks(cx.kv, u32::MAX);
+        }
         cx.kv.release(&mut seq.blocks);
         seq.committed_blocks = 0;
         self.swap_used += blocks;
@@ -133,7 +136,7 @@ mod tests {
     }
 
     fn limits(watermark_blocks: u32) -> Limits {
-        Limits { max_num_seqs: 3, max_num_batched_tokens: 100, max_model_len: 1000, watermark_blocks, queue_order: QueueOrder::Fcfs }
+        Limits { max_num_seqs: 3, max_num_batched_tokens: 100, max_model_len: 1000, watermark_blocks, queue_order: QueueOrder::Fcfs, conversations: false }
     }
 
     fn plan_once(limits: &Limits, q: &mut Queues, kv: &mut BlockManager) -> (StepPlan, u32) {
