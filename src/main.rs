@@ -6,8 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use servetwin_sim::cost::Roofline;
-use servetwin_sim::des::{simulate, SimError};
+use servetwin_sim::cost::{CostExecutor, Roofline};
+use servetwin_sim::des::{SimError, Simulation};
 use servetwin_sim::metrics::Summary;
 use servetwin_sim::output::{open_run_dir, write_summary};
 use servetwin_sim::scenario::{self, Loaded, ScenarioError};
@@ -71,41 +71,44 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn run_simulation(loaded: &Loaded, dir: &Path, quiet: bool) -> anyhow::Result<Summary> {
-    let s = &loaded.scenario;
-    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| {
-        let bar = indicatif::ProgressBar::new(loaded_expected(loaded));
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} requests ({per_sec})")
-                .expect("valid template"),
-        );
-        bar
-    });
-    let mut open_err = None;
-    let summary = simulate(
-        loaded,
-        || Roofline::new(&loaded.model, &loaded.gpu, &s.cost),
-        |m| open_err = open_run_dir(dir, loaded, m).err(),
-        |done| {
-            if let Some(b) = &bar {
-                if done % 1024 == 0 {
-                    b.set_position(done);
-                }
+    let cost = || Roofline::new(&loaded.model, &loaded.gpu, &loaded.scenario.cost);
+    let mut sim = Simulation::new(loaded, |_| CostExecutor { model: cost() })?;
+    // The directory is made (and an unwritable --out reported) before the
+    // run, and removed again if the run fails on bad input halfway.
+    let created = !dir.exists();
+    open_run_dir(dir, loaded, &mut sim.metrics).context("creating the run directory")?;
+    let bar = (!quiet && std::io::stderr().is_terminal()).then(|| progress_bar(sim.expected_requests()));
+    let summary = sim.run(|done| {
+        if let Some(b) = &bar {
+            if done % 1024 == 0 {
+                b.set_position(done);
             }
-        },
-    );
-    if let Some(e) = open_err {
-        return Err(e).context("creating the run directory");
-    }
-    let summary = summary?;
+        }
+    });
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let summary = match summary {
+        Ok(s) => s,
+        Err(e) => {
+            if created {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            return Err(e.into());
+        }
+    };
     write_summary(dir, &summary)?;
     Ok(summary)
 }
 
-fn loaded_expected(loaded: &Loaded) -> u64 {
-    loaded.scenario.workload.num_requests.unwrap_or(0)
+/// A bar when the request count is known, a counter otherwise (a whole trace).
+fn progress_bar(expected: Option<u64>) -> indicatif::ProgressBar {
+    let (bar, template) = match expected {
+        Some(n) => (indicatif::ProgressBar::new(n), "{elapsed_precise} [{bar:40}] {pos}/{len} requests ({per_sec})"),
+        None => (indicatif::ProgressBar::new_spinner(), "{elapsed_precise} {spinner} {pos} requests ({per_sec})"),
+    };
+    bar.set_style(indicatif::ProgressStyle::with_template(template).expect("valid template"));
+    bar
 }
 
 /// runs/<scenario>/<UTC time>[-n]/: a new directory for every run.
@@ -127,11 +130,11 @@ fn print_summary(loaded: &Loaded, s: &Summary) {
     let line = |k: &str, v: String| println!("{k:<40}{v:>12}");
     println!("{:=^52}", " servetwin simulation ");
     println!(
-        "{} on {} × {}, policy {:?}, {} KV blocks/replica",
+        "{} on {} × {}, policy {}, {} KV blocks/replica",
         sc.model.name,
         sc.hardware.count,
         sc.hardware.gpu,
-        sc.scheduler.policy,
+        serde_json::to_value(sc.scheduler.policy).map_or_else(|_| "?".into(), |v| v.as_str().unwrap_or("?").to_string()),
         loaded.kv_blocks_per_replica
     );
     line("Successful requests:", s.completed.to_string());
@@ -167,6 +170,12 @@ fn print_summary(loaded: &Loaded, s: &Summary) {
     line("Mean requests in system:", format!("{:.1}", s.mean_requests_in_system));
     line("Replica busy (%):", format!("{:.1}", 100.0 * s.replica_busy_fraction));
     line("Steps / preemptions:", format!("{} / {}", s.num_steps, s.num_preemptions));
+    if s.num_preemptions > 0 {
+        line("Swapped out / recomputed tokens:", format!("{} / {}", s.swapped_out_tokens, s.recomputed_tokens));
+    }
+    if sc.scheduler.enable_prefix_caching {
+        line("Prefix-cache hit rate (%):", format!("{:.1}", 100.0 * s.prefix_cache_hit_rate));
+    }
     if sc.slo.ttft_ms.is_some() || sc.slo.tpot_ms.is_some() || sc.slo.e2el_ms.is_some() {
         let verdict = if s.slo_met { "met".to_string() } else { format!("MISSED ({})", s.slo_violated.join(", ")) };
         line(&format!("SLO at p{}:", s.slo_percentile), verdict);

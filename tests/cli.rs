@@ -575,3 +575,28 @@ fn fixed_lengths_too_long_for_the_context_are_rejected_not_rewritten() {
     assert_eq!(u64_of(&summary, "rejected"), 20);
     assert_eq!(summary["not_completed_reasons"]["exceeds_max_model_len"], 20);
 }
+
+#[test]
+fn an_array_element_error_points_at_its_own_line() {
+    let scenario = "[workload]\nnum_requests = 10\n\n[[workload.classes]]\nname = \"a\"\nweight = 1.0\n\n\
+                    [[workload.classes]]\nname = \"b\"\nweight = -2.0\n";
+    expect_bad_input(scenario, &[], &["{file}:10:10:", "workload.classes[1].weight"]);
+}
+
+#[test]
+fn a_bad_trace_row_midway_leaves_no_partial_run_directory() {
+    let scratch = Scratch::new();
+    scratch.write(
+        "t.csv",
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n\
+         2023-11-16 18:15:46.6805900,374,44\n\
+         2023-11-16 18:15:47.0000000,300,44\n\
+         2023-11-16 18:15:48.0000000,oops,44\n",
+    );
+    let scenario = scratch.write("s.toml", "[workload]\ntrace = { path = \"t.csv\" }\n");
+    let out = scratch.path().join("run");
+    let res = simulate(&scenario, &["--out", out.to_str().unwrap()]);
+    assert_eq!(res.status.code(), Some(2), "{}", text(&res.stderr));
+    assert!(text(&res.stderr).contains("t.csv:4"), "{}", text(&res.stderr));
+    assert!(!out.exists(), "the half-written run directory is removed");
+}

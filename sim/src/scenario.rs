@@ -323,36 +323,56 @@ impl Source<'_> {
     }
 }
 
+/// One step of a key path: a table key or an array index
+/// (`workload.classes[1].weight` → classes, 1, weight).
+enum PathStep<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn path_steps(key: &str) -> Vec<PathStep<'_>> {
+    let mut steps = Vec::new();
+    for part in key.split('.') {
+        let mut rest = part;
+        let name_end = rest.find('[').unwrap_or(rest.len());
+        if name_end > 0 {
+            steps.push(PathStep::Key(&rest[..name_end]));
+        }
+        rest = &rest[name_end..];
+        while let Some(close) = rest.find(']') {
+            if let Ok(i) = rest[1..close].parse() {
+                steps.push(PathStep::Index(i));
+            }
+            rest = &rest[close + 1..];
+        }
+    }
+    steps
+}
+
+/// Where `key` (or, failing that, its nearest existing ancestor) starts.
 fn key_span(text: &str, key: &str) -> Option<usize> {
     let doc = toml_edit::ImDocument::parse(text).ok()?;
-    let mut parts: Vec<&str> = key.split('.').collect();
-    while !parts.is_empty() {
-        let mut item = doc.as_item();
-        let mut found = true;
-        for p in &parts {
-            match item.get(p) {
-                Some(next) => item = next,
-                None => {
-                    found = false;
-                    break;
-                }
-            }
+    let mut steps = path_steps(key);
+    while !steps.is_empty() {
+        let mut item = Some(doc.as_item());
+        for step in &steps {
+            item = item.and_then(|it| match step {
+                PathStep::Key(k) => it.get(k),
+                PathStep::Index(i) => it.get(*i),
+            });
         }
-        if found {
-            let table = doc.as_table();
-            // A value's span, or for a table its header's key.
+        if let Some(item) = item {
+            // A value's span, else (a table) its header's key.
             if let Some(span) = item.span() {
                 return Some(span.start);
             }
-            if parts.len() == 1 {
-                if let Some((k, _)) = table.get_key_value(parts[0]) {
-                    if let Some(s) = k.span() {
-                        return Some(s.start);
-                    }
+            if let [PathStep::Key(k)] = steps[..] {
+                if let Some(s) = doc.as_table().get_key_value(k).and_then(|(k, _)| k.span()) {
+                    return Some(s.start);
                 }
             }
         }
-        parts.pop();
+        steps.pop();
     }
     None
 }
