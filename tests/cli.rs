@@ -62,13 +62,21 @@ fn quickstart() -> PathBuf {
     scenarios_dir().join("quickstart.toml")
 }
 
-/// Every scenarios/*.toml, found at test time so new ones are covered.
+/// Every TOML under scenarios/ (subfolders too), found at test time so new
+/// ones are covered.
 fn bundled_scenarios() -> Vec<PathBuf> {
-    let mut all: Vec<PathBuf> = fs::read_dir(scenarios_dir())
-        .expect("scenarios/ exists")
-        .map(|e| e.expect("readable entry").path())
-        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-        .collect();
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in fs::read_dir(dir).expect("readable scenarios folder") {
+            let p = e.expect("readable entry").path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|e| e == "toml") {
+                out.push(p);
+            }
+        }
+    }
+    let mut all = Vec::new();
+    walk(&scenarios_dir(), &mut all);
     all.sort();
     assert!(!all.is_empty(), "no scenarios under {}", scenarios_dir().display());
     all

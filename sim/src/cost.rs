@@ -120,6 +120,11 @@ impl Roofline {
         }
     }
 
+    /// Seconds of a [tokens × k] · [k × n] GEMM (extra heads, `crate::spec`).
+    pub fn gemm_s(&self, tokens: f64, k: f64, n: f64) -> f64 {
+        self.gemm(tokens, k, n)
+    }
+
     /// A [tokens × k] · [k × n] GEMM: weights read once, activations in and out.
     fn gemm(&self, tokens: f64, k: f64, n: f64) -> f64 {
         let flops = 2.0 * tokens * k * n;
@@ -177,6 +182,10 @@ impl<C: CostModel> Executor for CostExecutor<C> {
     fn execute(&mut self, plan: &StepPlan, outcome: &mut StepOutcome) {
         outcome.duration_ns = self.model.step_cost(&plan.shape()).duration_ns;
         outcome.token_ids.clear();
+        // Only the target's forward: speculation, when on, is completed by
+        // `spec::SimSpeculator` (drafting time, acceptance draws).
+        outcome.emitted.clear();
+        outcome.draft_ns = 0;
     }
 }
 
@@ -196,7 +205,7 @@ mod tests {
     fn plan(items: &[(u32, u32)]) -> BatchShape {
         let items = items
             .iter()
-            .map(|&(new_tokens, context_tokens)| PlanItem { req: 0, slot: 0, new_tokens, context_tokens, samples: true })
+            .map(|&(new_tokens, context_tokens)| PlanItem { req: 0, slot: 0, new_tokens, context_tokens, samples: true, draft_tokens: 0, class: 0 })
             .collect();
         StepPlan { items, ..Default::default() }.shape()
     }

@@ -15,6 +15,7 @@ use crate::router::{Load, Router};
 use crate::replica::{Planned, Replica};
 use crate::scenario::Loaded;
 use crate::sched::new_policy;
+use crate::spec::SimSpeculator;
 use crate::step::{Executor, StepOutcome};
 use crate::workload::{ArrivalMode, Request, Workload, WorkloadError};
 
@@ -76,6 +77,9 @@ pub struct Simulation<E: Executor> {
     replicas: Vec<Replica>,
     busy: Vec<bool>,
     executors: Vec<E>,
+    /// Per replica when the scenario speculates (else empty): completes each
+    /// step with drafting time and acceptance draws.
+    speculators: Vec<SimSpeculator>,
     /// Per replica: steps of different replicas overlap in time.
     outcomes: Vec<StepOutcome>,
     events: BinaryHeap<Reverse<Event>>,
@@ -118,6 +122,10 @@ impl<E: Executor> Simulation<E> {
             replicas,
             busy: vec![false; n as usize],
             executors: (0..n).map(&mut executor).collect(),
+            speculators: match &loaded.speculation {
+                Some(sp) => (0..n).map(|id| sp.simulator(&loaded.model, &loaded.gpu, &s.cost, s.seed, id)).collect(),
+                None => Vec::new(),
+            },
             outcomes: vec![StepOutcome::default(); n as usize],
             events: BinaryHeap::new(),
             next_seq: 0,
@@ -220,6 +228,9 @@ impl<E: Executor> Simulation<E> {
         match self.replicas[r].schedule(now, &mut self.metrics)? {
             Planned::Run => {
                 self.executors[r].execute(self.replicas[r].plan(), &mut self.outcomes[r]);
+                if let Some(sp) = self.speculators.get_mut(r) {
+                    sp.complete(self.replicas[r].plan(), &mut self.outcomes[r]);
+                }
                 let done = now + self.outcomes[r].duration_ns;
                 self.busy[r] = true;
                 self.push(done, What::StepDone(r as u32));

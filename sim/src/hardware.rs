@@ -118,7 +118,9 @@ impl GpuConfig {
             memory_bytes: (pick(spec.memory_gb, |e| e.1, "memory_gb", 1e5)? * 1e9) as u64,
             mem_bandwidth_bytes_per_s: pick(spec.mem_bandwidth_gb_per_s, |e| e.2, "mem_bandwidth_gb_per_s", 1e6)? * 1e9,
             bf16_flops_per_s: pick(spec.bf16_tflops, |e| e.3, "bf16_tflops", 1e6)? * 1e12,
-            host_link_bytes_per_s: pick(spec.host_link_gb_per_s, |e| e.4, "host_link_gb_per_s", 1e6)? * 1e9,
+            // Only swapping uses it: a custom GPU without one gets PCIe Gen5 x16
+            // (64 GB/s a direction), an assumption, rather than an error.
+            host_link_bytes_per_s: pick(spec.host_link_gb_per_s.or(Some(64.0)), |e| e.4, "host_link_gb_per_s", 1e6)? * 1e9,
         })
     }
 

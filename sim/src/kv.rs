@@ -69,8 +69,8 @@ pub struct BlockManager {
 pub struct PrefixStats {
     /// Successful `allocate` calls that consulted the cache.
     pub queries: u64,
-    /// Full blocks those calls could have reused: per call, the hashes
-    /// passed, at most the full blocks of the tokens allocated.
+    /// Full blocks those calls could have reused: every hash passed (the
+    /// whole prompt's full blocks), whatever part a chunk allocated.
     pub queried_blocks: u64,
     /// Blocks reused from the cache instead of computed.
     pub hit_blocks: u64,
@@ -231,9 +231,8 @@ impl BlockManager {
         debug_assert!(table.is_empty(), "allocate admits a sequence with no blocks");
         let start = table.len();
         let mut revived = 0u32;
-        let mut lookable = 0;
         if let (Some(c), true) = (&self.cache, start == 0) {
-            lookable = hashes.len().min((tokens / self.block_size) as usize);
+            let lookable = hashes.len().min((tokens / self.block_size) as usize);
             for h in &hashes[..lookable] {
                 let Some(&b) = c.by_hash.get(h) else { break };
                 revived += (self.nodes[b as usize].ref_count == 0) as u32;
@@ -259,7 +258,10 @@ impl BlockManager {
         if let Some(c) = &mut self.cache {
             if start == 0 {
                 c.stats.queries += 1;
-                c.stats.queried_blocks += lookable as u64;
+                // Every full prompt block the caller could have reused, not only
+                // those within this first chunk, so policies compare (vLLM v1
+                // counts the whole prompt too).
+                c.stats.queried_blocks += hashes.len() as u64;
                 c.stats.hit_blocks += hits as u64;
             }
         }
@@ -293,8 +295,17 @@ impl BlockManager {
     /// return to the pool, last block first (so with caching on a sequence's
     /// tail is evicted before its prefix, as vLLM frees in reverse order).
     pub fn release(&mut self, table: &mut Vec<BlockId>) {
+        self.truncate(table, 0);
+    }
+
+    /// Shrinks `table` to the blocks `tokens` tokens need, dropping one
+    /// reference to each block beyond them, last first (as `release`). A
+    /// speculative verify wrote KV for k'+1 tokens; the slots of rejected
+    /// drafts are given back this way.
+    pub fn truncate(&mut self, table: &mut Vec<BlockId>, tokens: u32) {
+        let keep = (self.blocks_for(tokens) as usize).min(table.len());
         let caching = self.cache.is_some();
-        for &b in table.iter().rev() {
+        for &b in table[keep..].iter().rev() {
             let rc = &mut self.nodes[b as usize].ref_count;
             debug_assert!(*rc > 0, "double free of block {b}");
             *rc -= 1;
@@ -306,7 +317,7 @@ impl BlockManager {
                 }
             }
         }
-        table.clear();
+        table.truncate(keep);
     }
 
     /// Takes the head of the free list with one reference, evicting its
@@ -464,6 +475,22 @@ mod tests {
         assert_eq!(kv.num_free(), 0);
         kv.release(&mut a);
         assert_eq!((kv.num_free(), a.len()), (4, 0));
+    }
+
+    #[test]
+    fn truncate_gives_back_trailing_blocks_only() {
+        let mut kv = BlockManager::new(8, 16);
+        let mut a = Vec::new();
+        assert!(kv.grow(&mut a, 70)); // 5 blocks
+        let head = a[..2].to_vec();
+        kv.truncate(&mut a, 32); // exactly 2 blocks
+        assert_eq!((a.clone(), kv.num_free()), (head, 6));
+        kv.truncate(&mut a, 100); // never grows
+        assert_eq!(a.len(), 2);
+        kv.truncate(&mut a, 17);
+        assert_eq!((a.len(), kv.num_free()), (2, 6));
+        kv.truncate(&mut a, 0);
+        assert_eq!((a.len(), kv.num_free()), (0, 8));
     }
 
     #[test]

@@ -14,5 +14,6 @@ pub mod replica;
 pub mod router;
 pub mod scenario;
 pub mod sched;
+pub mod spec;
 pub mod step;
 pub mod workload;

@@ -111,6 +111,20 @@ pub struct StepRecord {
     pub preempted: u32,
 }
 
+/// What one step's speculative verifies did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpecStep {
+    /// Sequences verified (each emitted accepted + 1 tokens).
+    pub verifies: u64,
+    /// Drafts proposed and accepted over them.
+    pub proposed: u64,
+    pub accepted: u64,
+    /// Drafting time, and the rest of the step (the target's verify forward,
+    /// which also carries any prefill chunks batched with it).
+    pub draft_ns: u64,
+    pub verify_ns: u64,
+}
+
 /// A histogram of nanosecond values with an exact sum for the mean and
 /// standard deviation.
 #[derive(Debug, Clone)]
@@ -191,6 +205,8 @@ pub struct Metrics {
     recomputed_tokens: u64,
     prefix_queried_blocks: u64,
     prefix_hit_blocks: u64,
+    spec_steps: u64,
+    spec: SpecStep,
     // Requests in the system (arrived, not yet left), integrated over time.
     in_system: u64,
     in_system_since_ns: u64,
@@ -244,6 +260,8 @@ impl Metrics {
             recomputed_tokens: 0,
             prefix_queried_blocks: 0,
             prefix_hit_blocks: 0,
+            spec_steps: 0,
+            spec: SpecStep::default(),
             in_system: 0,
             in_system_since_ns: 0,
             in_system_area: 0,
@@ -309,6 +327,17 @@ impl Metrics {
     pub fn add_prefix_stats(&mut self, queried_blocks: u64, hit_blocks: u64) {
         self.prefix_queried_blocks += queried_blocks;
         self.prefix_hit_blocks += hit_blocks;
+    }
+
+    /// A step verified speculative drafts.
+    pub fn on_speculation(&mut self, s: &SpecStep) {
+        self.spec_steps += 1;
+        let t = &mut self.spec;
+        t.verifies += s.verifies;
+        t.proposed += s.proposed;
+        t.accepted += s.accepted;
+        t.draft_ns += s.draft_ns;
+        t.verify_ns += s.verify_ns;
     }
 
     /// A streamed chunk arrived `gap_ns` after the previous one.
@@ -479,6 +508,12 @@ impl Metrics {
             mean_running: self.running_area as f64 / busy,
             mean_requests_in_system: if end > 0 { self.in_system_area as f64 / end as f64 } else { 0.0 },
             max_requests_in_system: self.max_in_system,
+            spec_acceptance_rate: self.spec.accepted as f64 / self.spec.proposed.max(1) as f64,
+            spec_mean_accepted_length: (self.spec.accepted + self.spec.verifies) as f64 / self.spec.verifies.max(1) as f64,
+            spec_draft_time_fraction: self.spec.draft_ns as f64 / busy,
+            spec_verify_time_fraction: self.spec.verify_ns as f64 / busy,
+            spec_steps: self.spec_steps,
+            spec_verifies: self.spec.verifies,
         })
     }
 }
@@ -596,6 +631,16 @@ pub struct Summary {
     /// Time-average of requests arrived and not yet finished (Little's L).
     pub mean_requests_in_system: f64,
     pub max_requests_in_system: u64,
+    /// Speculative decoding (all 0 when off): drafts accepted / proposed.
+    pub spec_acceptance_rate: f64,
+    /// Tokens emitted per verified sequence (accepted drafts + 1); 0 when off.
+    pub spec_mean_accepted_length: f64,
+    /// Shares of busy time spent drafting and in steps' verify forwards.
+    pub spec_draft_time_fraction: f64,
+    pub spec_verify_time_fraction: f64,
+    /// Steps that verified drafts, and sequence verifies in them.
+    pub spec_steps: u64,
+    pub spec_verifies: u64,
 }
 
 #[cfg(test)]

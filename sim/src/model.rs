@@ -105,7 +105,7 @@ impl ModelError {
     }
 }
 
-const CATALOG_NAMES: &str = "llama-3.1-8b, llama-3.1-70b, mistral-7b-v0.3, qwen2.5-7b";
+const CATALOG_NAMES: &str = "llama-3.1-8b, llama-3.1-70b, llama-3.2-1b, mistral-7b-v0.3, qwen2.5-7b";
 
 #[allow(clippy::too_many_arguments)]
 const fn entry(
@@ -124,11 +124,14 @@ const fn entry(
 
 /// Values from each model's published config.json; head_dim = hidden / heads
 /// for all of them.
-const CATALOG: [(&str, [u32; 7], bool); 4] = [
+const CATALOG: [(&str, [u32; 7], bool); 5] = [
     // huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json
     entry("llama-3.1-8b", 32, 4096, 14336, 32, 8, 128_256, 131_072, false),
     // huggingface.co/meta-llama/Llama-3.1-70B/blob/main/config.json
     entry("llama-3.1-70b", 80, 8192, 28672, 64, 8, 128_256, 131_072, false),
+    // huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json (head_dim
+    // 64; Llama-3.1's vocabulary, so it drafts for the 8B and 70B)
+    entry("llama-3.2-1b", 16, 2048, 8192, 32, 8, 128_256, 131_072, true),
     // huggingface.co/mistralai/Mistral-7B-v0.3/blob/main/config.json
     entry("mistral-7b-v0.3", 32, 4096, 14336, 32, 8, 32_768, 32_768, false),
     // huggingface.co/Qwen/Qwen2.5-7B-Instruct/blob/main/config.json (q/k/v
@@ -261,6 +264,15 @@ mod tests {
         assert!((p - 70.55).abs() < 0.05, "{p}");
         let q = named("qwen2.5-7b").param_count() as f64 / 1e9;
         assert!((q - 7.61).abs() < 0.01, "{q}"); // Qwen reports 7.61 B
+    }
+
+    #[test]
+    fn llama_3_2_1b_size() {
+        let m = named("llama-3.2-1b");
+        // 1.24 B parameters (Meta's model card), tied embeddings; 32 KiB of KV a token.
+        let p = m.param_count() as f64 / 1e9;
+        assert!((p - 1.236).abs() < 0.005, "{p}");
+        assert_eq!((m.head_dim, m.kv_bytes_per_token()), (64, 32_768));
     }
 
     #[test]

@@ -1,11 +1,12 @@
 //! One serving replica: its queues, KV block pool and batching policy, and
 //! the shared half of the loop that is not a decision — admitting arrivals,
 //! applying a step's outcome (tokens, first-token and inter-token times,
-//! finished requests freeing their blocks at once). The simulator and the
+//! speculative verifies keeping only their accepted KV, finished requests
+//! freeing their blocks at once). The simulator and the
 //! engine both drive a replica through `enqueue → schedule → update`.
 
 use crate::kv::BlockManager;
-use crate::metrics::{Metrics, RequestRecord, Status, StepRecord};
+use crate::metrics::{Metrics, RequestRecord, SpecStep, Status, StepRecord};
 use crate::router::Load;
 use crate::sched::{Ctx, Limits, Policy, Queues, Seq};
 use crate::step::{StepOutcome, StepPlan};
@@ -33,11 +34,14 @@ pub struct Replica {
     aborted: Vec<(Seq, &'static str)>,
     /// Figures at plan time, reported with the step.
     planned: StepRecord,
+    /// Paged policies give rejected drafts' blocks back; reserving ones keep them.
+    truncate_rejected: bool,
 }
 
 impl Replica {
     pub fn new(id: u32, limits: Limits, kv: BlockManager, policy: Box<dyn Policy + Send>) -> Self {
         Replica {
+            truncate_rejected: !policy.reserves_kv(),
             id,
             limits,
             policy,
@@ -176,8 +180,9 @@ impl Replica {
     /// Applies the outcome of the planned step, which ended at `end_ns`.
     pub fn update(&mut self, outcome: &StepOutcome, end_ns: u64, metrics: &mut Metrics) -> Result<(), csv::Error> {
         let (mut prefill_seqs, mut prefill_tokens, mut decode_seqs, mut finished) = (0, 0, 0, 0);
-        for it in &self.plan.items {
-            if it.new_tokens > 1 || it.context_tokens == 0 {
+        let mut spec = SpecStep::default();
+        for (idx, it) in self.plan.items.iter().enumerate() {
+            if it.draft_tokens == 0 && (it.new_tokens > 1 || it.context_tokens == 0) {
                 prefill_seqs += 1;
                 prefill_tokens += it.new_tokens;
             } else {
@@ -185,17 +190,30 @@ impl Replica {
             }
             let seq = &mut self.q.running[it.slot as usize];
             debug_assert_eq!(seq.id, it.req, "plan slots are stable until update");
-            seq.computed += it.new_tokens;
-            if it.samples && seq.computed == seq.known_tokens() {
+            let emitted = if it.draft_tokens == 0 {
+                seq.computed += it.new_tokens;
+                (it.samples && seq.computed == seq.known_tokens()) as u32
+            } else {
+                let e = outcome.emitted.get(idx).copied().unwrap_or(1);
+                apply_verify(seq, it.draft_tokens as u32, e, self.truncate_rejected.then_some(&mut self.kv), &mut spec)
+            };
+            if emitted > 0 {
+                // One streamed chunk per step however many tokens it holds
+                // (vLLM's ITL is per chunk).
                 if seq.generated == 0 {
                     seq.first_token_ns = end_ns;
                 } else {
                     metrics.on_itl(end_ns - seq.last_token_ns);
                 }
                 seq.last_token_ns = end_ns;
-                seq.generated += 1;
+                seq.generated += emitted;
                 finished += seq.is_done() as u32;
             }
+        }
+        if spec.verifies > 0 {
+            spec.draft_ns = outcome.draft_ns;
+            spec.verify_ns = outcome.duration_ns - outcome.draft_ns.min(outcome.duration_ns);
+            metrics.on_speculation(&spec);
         }
         if self.kv.prefix_caching() {
             self.commit_full_blocks();
@@ -248,6 +266,26 @@ impl Replica {
     fn record(&self, seq: &Seq, status: Status, reason: &'static str, now_ns: u64) -> RequestRecord {
         record(self.id, seq, status, reason, now_ns)
     }
+}
+
+/// A verify wrote KV for the last token and k' = `drafts` drafts, of which
+/// `emitted` − 1 were accepted. Kept: the last token and the accepted drafts;
+/// the bonus/correction token is known but not yet computed, like any sampled
+/// token. Blocks past computed + 1 (the slot the next step writes first) held
+/// only rejected drafts: back to the pool (`kv`: paged policies; a
+/// reservation stays whole). Returns the tokens emitted, at most what the
+/// request still wants.
+#[inline(never)]
+fn apply_verify(seq: &mut Seq, drafts: u32, emitted: u32, kv: Option<&mut BlockManager>, spec: &mut SpecStep) -> u32 {
+    let e = emitted.clamp(1, drafts + 1).min(seq.output_tokens - seq.generated);
+    seq.computed += e;
+    if let Some(kv) = kv {
+        kv.truncate(&mut seq.blocks, seq.computed + 1);
+    }
+    spec.verifies += 1;
+    spec.proposed += drafts as u64;
+    spec.accepted += e as u64 - 1;
+    e
 }
 
 fn record(replica: u32, seq: &Seq, status: Status, reason: &'static str, now_ns: u64) -> RequestRecord {

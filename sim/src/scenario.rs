@@ -14,6 +14,7 @@ use crate::metrics::SloSpec;
 use crate::router::RoutingSpec;
 use crate::model::{ModelConfig, ModelSpec};
 use crate::sched::{Limits, SchedulerSpec};
+use crate::spec::{Speculation, SpeculativeSpec};
 use crate::workload::{Workload, WorkloadError, WorkloadSpec};
 
 /// Beyond this a pool's bookkeeping (8 B a block) stops being small.
@@ -44,6 +45,9 @@ pub struct Scenario {
     pub slo: SloSpec,
     #[serde(default)]
     pub output: OutputSpec,
+    /// Speculative decoding; absent: off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speculative: Option<SpeculativeSpec>,
 }
 
 /// `[parallelism]`. Data parallelism is `hardware.count`; tensor and
@@ -125,6 +129,8 @@ pub struct Loaded {
     /// KV blocks the host swap space holds per replica.
     pub swap_blocks_per_replica: u32,
     pub limits: Limits,
+    /// The resolved `[speculative]` section, when there is one.
+    pub speculation: Option<Speculation>,
 }
 
 /// Reads `path`, applies `overrides` (`a.b=value`, the value parsed as a TOML
@@ -169,6 +175,11 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         let msg = format!("at most the model's context, {} tokens, got {max_model_len}", model.max_position_embeddings);
         return Err(invalid(("scheduler.max_model_len".into(), msg)));
     }
+    let class_names: Vec<&str> = s.workload.classes.iter().map(|c| c.name.as_str()).collect();
+    let speculation = match &s.speculative {
+        Some(sp) => Some(Speculation::resolve(sp, &model, &class_names).map_err(invalid)?),
+        None => None,
+    };
     let sch = &s.scheduler;
     let kv_blocks = kv_capacity_blocks(
         &model,
@@ -179,6 +190,33 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         sch.max_num_seqs,
     )
     .map_err(|e| invalid(("model.name".into(), e.to_string())))?;
+    let kv_blocks = match &speculation {
+        Some(sp) if sp.extra_weight_bytes > 0 || sp.extra_kv_bytes_per_token > 0 => {
+            // vLLM loads the drafter beside the target, profiles, and splits
+            // the memory left for KV so both caches hold the same number of
+            // blocks (vllm/spec_decode/spec_decode_worker.py, determine_num_
+            // available_blocks → split_num_cache_blocks_evenly): blocks =
+            // KV bytes / (target + drafter bytes per block). The drafter's
+            // weights come out of the KV bytes first; its activations are
+            // smaller than the target's and not counted.
+            let bs = sch.block_size_tokens as f64;
+            let target_block = bs * model.kv_bytes_per_token() as f64;
+            let bytes = kv_blocks as f64 * target_block - sp.extra_weight_bytes as f64;
+            let blocks = (bytes / (target_block + bs * sp.extra_kv_bytes_per_token as f64)).floor();
+            if blocks < 1.0 {
+                let msg = format!(
+                    "a drafter that fits beside the target: its weights ({:.2} GB) leave no room for one KV block \
+                     of both models on {} (use a smaller draft model or a larger GPU)",
+                    sp.extra_weight_bytes as f64 / 1e9,
+                    gpu.name
+                );
+                let key = if s.speculative.as_ref().is_some_and(|x| x.draft_model.is_some()) { "draft_model" } else { "method" };
+                return Err(invalid((format!("speculative.{key}"), msg)));
+            }
+            blocks as u32
+        }
+        _ => kv_blocks,
+    };
     // The override replaces the size, not the check that the weights fit.
     let kv_blocks = sch.num_gpu_blocks_override.unwrap_or(kv_blocks);
     let limits = Limits {
@@ -188,6 +226,8 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         watermark_blocks: (sch.watermark * kv_blocks as f64) as u32,
         queue_order: sch.queue_order,
         conversations: s.workload.conversation.is_some(),
+        speculative_tokens: speculation.as_ref().map_or(0, |sp| sp.k),
+        speculative_max_batch: speculation.as_ref().map_or(u32::MAX, |sp| sp.max_batch),
     };
     let block_bytes = sch.block_size_tokens as f64 * model.kv_bytes_per_token() as f64;
     let swap_blocks = (sch.swap_space_gb * 1e9 / block_bytes).min(MAX_KV_BLOCKS as f64) as u32;
@@ -199,6 +239,9 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         return Err(invalid(("scheduler.block_size_tokens".into(), msg)));
     }
     s.model = model.to_spec();
+    if let (Some(sp), Some(m)) = (&mut s.speculative, speculation.as_ref().and_then(|x| x.draft_model.as_ref())) {
+        sp.draft_model = Some(m.to_spec());
+    }
     s.hardware = gpu.to_spec(s.hardware.count);
     let base_dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     if let Some(t) = &mut s.workload.trace {
@@ -224,6 +267,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         kv_blocks_per_replica: kv_blocks,
         swap_blocks_per_replica: swap_blocks,
         limits,
+        speculation,
     })
 }
 

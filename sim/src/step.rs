@@ -11,13 +11,19 @@ pub struct PlanItem {
     pub req: ReqId,
     /// Index of the sequence in the replica's running list when planned.
     pub slot: u32,
-    /// Prompt chunk, or 1 for a decode token.
+    /// Prompt chunk, 1 for a decode token, or 1 + `draft_tokens` for a
+    /// speculative verify (the last accepted token plus the drafts).
     pub new_tokens: u32,
     /// Tokens already in the KV cache before this step.
     pub context_tokens: u32,
     /// Whether this item ends with a sampled token (a decode, or the last
     /// chunk of a prefill).
     pub samples: bool,
+    /// k': tokens drafted for this decode (0: not speculating). A byte (k ≤
+    /// `spec::MAX_SPECULATIVE_TOKENS`) so that an item stays 24 bytes.
+    pub draft_tokens: u8,
+    /// The request's workload class (acceptance may differ by class).
+    pub class: u16,
 }
 
 /// What one replica runs in one iteration.
@@ -47,27 +53,38 @@ impl StepPlan {
         self.items.is_empty()
     }
 
+    #[inline]
     pub fn shape(&self) -> BatchShape {
         let mut s = BatchShape { swap_tokens: self.swap_in_tokens + self.swap_out_tokens, ..Default::default() };
         for it in &self.items {
-            let n = it.new_tokens as u64;
-            let c = it.context_tokens as u64;
-            s.tokens += n;
-            s.sampled += it.samples as u64;
-            // Causal attention: token j of the chunk sees c + j + 1 keys.
-            let scores = n * c + n * (n + 1) / 2;
-            if it.new_tokens > 1 || it.context_tokens == 0 {
-                s.prefill_seqs += 1;
-                s.prefill_tokens += n;
-                s.prefill_attn_scores += scores;
-                s.prefill_kv_tokens += c + n;
-            } else {
-                s.decode_seqs += 1;
-                s.decode_attn_scores += scores;
-                s.decode_kv_tokens += c + n;
-            }
+            s.add(it.new_tokens, it.context_tokens, it.samples);
         }
         s
+    }
+}
+
+impl BatchShape {
+    /// Adds one sequence running `new_tokens` over `context_tokens` in KV. A
+    /// speculative verify (k'+1 tokens) is costed like the small prefill it
+    /// is: its tokens attend causally to each other.
+    #[inline]
+    pub fn add(&mut self, new_tokens: u32, context_tokens: u32, samples: bool) {
+        let n = new_tokens as u64;
+        let c = context_tokens as u64;
+        self.tokens += n;
+        self.sampled += samples as u64;
+        // Causal attention: token j of the chunk sees c + j + 1 keys.
+        let scores = n * c + n * (n + 1) / 2;
+        if new_tokens > 1 || context_tokens == 0 {
+            self.prefill_seqs += 1;
+            self.prefill_tokens += n;
+            self.prefill_attn_scores += scores;
+            self.prefill_kv_tokens += c + n;
+        } else {
+            self.decode_seqs += 1;
+            self.decode_attn_scores += scores;
+            self.decode_kv_tokens += c + n;
+        }
     }
 }
 
@@ -95,9 +112,17 @@ pub struct BatchShape {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StepOutcome {
     pub duration_ns: u64,
-    /// Sampled token ids, one per `samples` item in plan order; empty when
-    /// the executor does not produce real tokens (the simulator).
+    /// Sampled token ids, in plan order (all of an item's emitted tokens);
+    /// empty when the executor does not produce real tokens (the simulator).
     pub token_ids: Vec<u32>,
+    /// Tokens each plan item emitted, in plan order: for a speculative
+    /// verify, accepted drafts + 1 bonus/correction token; 1 for another
+    /// sampling item, 0 for one that does not sample. Empty (the cheap
+    /// default of an executor that does not speculate): one per sampling
+    /// item.
+    pub emitted: Vec<u32>,
+    /// Part of `duration_ns` spent drafting (0 without speculation).
+    pub draft_ns: u64,
 }
 
 /// Runs (or costs) one step. The simulator's executor asks a cost model;
@@ -112,12 +137,13 @@ mod tests {
 
     #[test]
     fn shape_splits_prefill_and_decode() {
-        let item = |new_tokens, context_tokens| PlanItem { req: 0, slot: 0, new_tokens, context_tokens, samples: true };
+        let item = |new_tokens, context_tokens| PlanItem { req: 0, slot: 0, new_tokens, context_tokens, samples: true, draft_tokens: 0, class: 0 };
         let plan = StepPlan { items: vec![item(4, 0), item(1, 10), item(1, 0)], ..Default::default() };
         let s = plan.shape();
         assert_eq!((s.tokens, s.sampled, s.prefill_seqs, s.decode_seqs), (6, 3, 2, 1));
         // 4-token prompt: 1+2+3+4 = 10 scores; 1-token prompt: 1.
         assert_eq!(s.prefill_attn_scores, 11);
         assert_eq!((s.decode_attn_scores, s.decode_kv_tokens), (11, 11));
+        assert_eq!(std::mem::size_of::<PlanItem>(), 24, "plans stay compact");
     }
 }

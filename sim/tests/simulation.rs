@@ -63,7 +63,7 @@ fn one_request_alone_matches_the_cost_model_exactly() {
     assert!(freed);
     let cost = roofline(&l);
     let step = |new_tokens, context_tokens| {
-        let item = PlanItem { req: 0, slot: 0, new_tokens, context_tokens, samples: true };
+        let item = PlanItem { req: 0, slot: 0, new_tokens, context_tokens, samples: true, draft_tokens: 0, class: 0 };
         cost.step_cost(&StepPlan { items: vec![item], ..Default::default() }.shape()).duration_ns
     };
     let ttft_ns = step(1000, 0);
@@ -194,8 +194,15 @@ fn arb_scenario() -> impl Strategy<Value = String> {
             0u32..4,
             0u32..4,
         ),
+        (
+            prop::sample::select(vec!["", "draft", "ngram", "medusa", "eagle"]),
+            1u32..6,
+            0.0f64..0.99,
+            0u32..8,
+            any::<bool>(),
+        ),
     )
-        .prop_map(|(seed, arrival, replicas, block, blocks, seqs, (budget, input, output), n, sched, share)| {
+        .prop_map(|(seed, arrival, replicas, block, blocks, seqs, (budget, input, output), n, sched, share, spec)| {
             let (policy, swap, order, chunk) = sched;
             let (caching, routing, groups, turns) = share;
             let preemption = if swap && policy == "vllm" { "swap" } else { "recompute" };
@@ -208,6 +215,27 @@ fn arb_scenario() -> impl Strategy<Value = String> {
             }
             extra += "[[workload.classes]]\nname = \"chat\"\nweight = 3.0\n";
             extra += "[[workload.classes]]\nname = \"urgent\"\nweight = 1.0\npriority = -1\n";
+            let (method, k, alpha, disable_above, per_class) = spec;
+            if !method.is_empty() {
+                // Speculation on: verifies of up to k + 1 tokens, rejected
+                // slots given back, some steps without (disable_above 0: never).
+                extra += &format!("[speculative]\nmethod = \"{method}\"\nnum_speculative_tokens = {k}\n");
+                if per_class {
+                    let p: Vec<String> = (0..k).map(|i| format!("{:.3}", alpha / (1.0 + i as f64))).collect();
+                    extra += &format!("acceptance_per_position = [{}]\n", p.join(", "));
+                } else {
+                    extra += &format!("acceptance_rate = {alpha}\n");
+                }
+                if method == "draft" {
+                    extra += "draft_model = \"llama-3.2-1b\"\n";
+                }
+                if disable_above > 0 {
+                    extra += &format!("disable_above_batch_size = {disable_above}\n");
+                }
+                if per_class {
+                    extra += "[[speculative.class_acceptance]]\nclass = \"urgent\"\nacceptance_rate = 0.95\n";
+                }
+            }
             format!(
                 r#"
                 seed = {seed}

@@ -375,7 +375,7 @@ fn apply(kv: &mut BlockManager, tabs: &mut [Tab], op: &Op, serial: u64) {
             }
             let s = kv.stats();
             assert_eq!(s.queries, stats0.queries + 1);
-            assert_eq!(s.queried_blocks, stats0.queried_blocks + lookable as u64);
+            assert_eq!(s.queried_blocks, stats0.queried_blocks + look.len() as u64);
             assert_eq!(s.hit_blocks, stats0.hit_blocks + hits.len() as u64);
             assert_eq!(s.evicted_blocks, stats0.evicted_blocks + evicted);
             want_free = free0.iter().copied().filter(|b| !table.contains(b)).collect();

@@ -1,21 +1,56 @@
-//! Mechanics several policies share: planning a sequence's tokens, choosing
-//! and evicting a preemption victim, admitting the head of the queue.
+//! Mechanics several policies share: planning a sequence's tokens (a decode's
+//! speculative width included), choosing and evicting a preemption victim,
+//! admitting the head of the queue.
 
-use super::{urgency, Ctx, QueueOrder, Seq};
+use super::{urgency, Ctx, Limits, QueueOrder, Seq};
 use crate::kv::BlockManager;
 use crate::step::{PlanItem, StepPlan};
 
 /// Plans `n` tokens of `running[slot]`; it samples when they reach the end of
-/// what is known (the last prompt chunk, or a decode).
+/// what is known (the last prompt chunk, or a decode). Tokens beyond what is
+/// known are speculative drafts (`decode_tokens`).
+#[inline]
 pub fn plan_tokens(plan: &mut StepPlan, running: &[Seq], slot: usize, n: u32) {
     let seq = &running[slot];
+    let (end, known) = (seq.computed + n, seq.known_tokens());
+    let drafts = end.saturating_sub(known);
     plan.items.push(PlanItem {
         req: seq.id,
         slot: slot as u32,
         new_tokens: n,
         context_tokens: seq.computed,
-        samples: seq.computed + n == seq.known_tokens(),
+        samples: end >= known,
+        draft_tokens: drafts as u8,
+        // Read only when drafting: the non-speculating path stays as cheap.
+        class: if drafts > 0 { seq.class.min(u16::MAX as u32) as u16 } else { 0 },
     });
+}
+
+/// Drafts per decode in a step whose running batch holds `batch`
+/// sequences: k, or 0 when speculation is off or the batch is larger than
+/// `disable_above_batch_size` (vLLM v0 `speculative_disable_by_batch_size`
+/// turns speculation off for the whole step, spec_decode_worker.py).
+#[inline]
+pub fn speculation(limits: &Limits, batch: usize) -> u32 {
+    if batch > limits.speculative_max_batch as usize {
+        0
+    } else {
+        limits.speculative_tokens
+    }
+}
+
+/// Tokens a decode of `seq` runs when its step drafts `k` per decode: 1, or
+/// with speculation the verify's 1 + k' tokens, k' = min(k, output left − 1)
+/// since drafts beyond the last output token could never be used. Every
+/// policy's decode path asks this, so the token budget and the KV grown
+/// (computed + 1 + k') count the drafts. A sequence that has not sampled
+/// its first token yet (pending prompt) never speculates.
+#[inline]
+pub fn decode_tokens(k: u32, seq: &Seq) -> u32 {
+    if k == 0 || seq.generated == 0 || seq.pending_tokens() != 1 {
+        return 1;
+    }
+    1 + k.min(seq.output_tokens.saturating_sub(seq.generated + 1))
 }
 
 /// The running sequence to evict first: the newest (FCFS, vLLM v0 and v1)

@@ -36,6 +36,10 @@ pub struct Limits {
     pub queue_order: QueueOrder,
     /// Finished requests may be continued by a later turn (conversations).
     pub conversations: bool,
+    /// Speculative decoding's k (0: off): tokens drafted per decode.
+    pub speculative_tokens: u32,
+    /// Steps whose running batch is larger do not speculate.
+    pub speculative_max_batch: u32,
 }
 
 /// A request's serving state on a replica.
@@ -65,6 +69,8 @@ pub struct Seq {
     pub committed_blocks: u32,
     /// Leading prompt tokens other requests may share (its `prefix`).
     pub shared_tokens: u32,
+    /// Workload class index (speculative acceptance may depend on it).
+    pub class: u32,
 }
 
 impl Seq {
@@ -87,6 +93,7 @@ impl Seq {
             content: Vec::new(),
             committed_blocks: 0,
             shared_tokens,
+            class: r.class,
         }
     }
 
@@ -199,6 +206,13 @@ pub struct Ctx<'a> {
 /// allocated; preempted ones are recorded in `plan.preempted`.
 pub trait Policy {
     fn schedule(&mut self, cx: &mut Ctx<'_>);
+
+    /// Whether admission reserves KV for the whole sequence (static, orca,
+    /// tgi): then the slots of rejected drafts stay reserved for the
+    /// sequence's later tokens instead of going back to the pool.
+    fn reserves_kv(&self) -> bool {
+        false
+    }
 
     /// Why this policy can never serve `r` (beyond the common checks).
     fn refusal(&self, _limits: &Limits, _kv: &BlockManager, _r: &Request) -> Option<&'static str> {

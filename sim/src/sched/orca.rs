@@ -6,7 +6,7 @@
 //! is admitted, as Orca's scheduler reserves "max tokens" slots (§4.2). No
 //! paging, so no preemption: what is admitted always has room to finish.
 
-use super::common::{admit_head, plan_tokens};
+use super::common::{admit_head, decode_tokens, plan_tokens, speculation};
 use super::{Ctx, Limits, Policy};
 use crate::kv::BlockManager;
 use crate::workload::Request;
@@ -17,12 +17,20 @@ pub struct Orca;
 impl Policy for Orca {
     fn schedule(&mut self, cx: &mut Ctx<'_>) {
         let mut budget = cx.limits.max_num_batched_tokens;
+        let k = speculation(cx.limits, cx.q.running.len());
         for i in 0..cx.q.running.len() {
-            let n = cx.q.running[i].pending_tokens();
+            let n = match cx.q.running[i].pending_tokens() {
+                1 => decode_tokens(k, &cx.q.running[i]),
+                pending => pending,
+            };
             plan_tokens(cx.plan, &cx.q.running, i, n);
             budget = budget.saturating_sub(n);
         }
         admit_reserved(cx, budget);
+    }
+
+    fn reserves_kv(&self) -> bool {
+        true
     }
 
     fn refusal(&self, limits: &Limits, kv: &BlockManager, r: &Request) -> Option<&'static str> {

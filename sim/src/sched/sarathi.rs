@@ -10,7 +10,7 @@
 //! FCFS) is preempted by recompute; no admissions happen in a step that
 //! preempted.
 
-use super::common::{admit_head, evict_recompute, grow_or_evict, plan_tokens};
+use super::common::{admit_head, decode_tokens, evict_recompute, grow_or_evict, plan_tokens, speculation};
 use super::{Ctx, Policy, SchedulerSpec};
 
 #[derive(Debug, Clone)]
@@ -36,10 +36,14 @@ impl Sarathi {
 impl Policy for Sarathi {
     fn schedule(&mut self, cx: &mut Ctx<'_>) {
         let mut budget = cx.limits.max_num_batched_tokens;
+        let k = speculation(cx.limits, cx.q.running.len());
         let mut i = 0;
         while i < cx.q.running.len() && budget > 0 {
             let seq = &cx.q.running[i];
-            let n = self.chunk(seq.pending_tokens(), budget);
+            let n = match seq.pending_tokens() {
+                1 => decode_tokens(k, seq).min(budget),
+                pending => self.chunk(pending, budget),
+            };
             let need = seq.computed + n;
             if !grow_or_evict(cx, i, need, evict_recompute) {
                 // It was evicted itself; the next sequence moved into slot i.
@@ -84,6 +88,8 @@ mod tests {
             watermark_blocks: 0,
             queue_order: QueueOrder::Fcfs,
             conversations: false,
+            speculative_tokens: 0,
+            speculative_max_batch: u32::MAX,
         };
         let (mut plan, mut aborted) = (StepPlan::default(), Vec::new());
         let mut cx = Ctx { now_ns: 0, limits: &limits, q, kv, plan: &mut plan, aborted: &mut aborted, wake_at_ns: None };

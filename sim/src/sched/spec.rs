@@ -27,7 +27,8 @@ pub struct SchedulerSpec {
     pub num_gpu_blocks_override: Option<u32>,
     /// What happens to a sequence evicted for lack of KV blocks (vllm only).
     pub preemption: Preemption,
-    /// Host memory per GPU for swapped-out KV; vLLM default 4 GiB.
+    /// Host memory per GPU for swapped-out KV, in GB (10^9 B, like every
+    /// size here); vLLM's default `swap_space` is 4 GiB ≈ 4.29 GB.
     pub swap_space_gb: f64,
     /// Reuse KV blocks of identical prefixes (vLLM v1 automatic prefix
     /// caching). Off by default so policies compare on equal terms.
@@ -151,10 +152,11 @@ impl SchedulerSpec {
             }
         }
         if self.preemption == Preemption::Swap && self.policy != PolicyKind::Vllm {
+            let name = serde_json::to_value(self.policy).ok().and_then(|v| v.as_str().map(str::to_string));
             let msg = format!(
-                "\"recompute\" for policy {:?}: only the vllm policy swaps (vLLM v1 and Sarathi-Serve dropped swapping; \
+                "\"recompute\" for policy {}: only the vllm policy swaps (vLLM v1 and Sarathi-Serve dropped swapping; \
                  static, orca and tgi reserve memory and never preempt)",
-                self.policy
+                name.unwrap_or_default()
             );
             return Err(("scheduler.preemption".into(), msg));
         }

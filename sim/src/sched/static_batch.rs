@@ -9,7 +9,7 @@
 //! spends on finished members is not charged, which flatters this policy.
 
 use super::orca::{admit_reserved, reservation_refusal};
-use super::common::plan_tokens;
+use super::common::{decode_tokens, plan_tokens, speculation};
 use super::{Ctx, Limits, Policy, SchedulerSpec};
 use crate::kv::BlockManager;
 use crate::workload::Request;
@@ -28,8 +28,9 @@ impl StaticBatch {
 impl Policy for StaticBatch {
     fn schedule(&mut self, cx: &mut Ctx<'_>) {
         if !cx.q.running.is_empty() {
+            let k = speculation(cx.limits, cx.q.running.len());
             for i in 0..cx.q.running.len() {
-                plan_tokens(cx.plan, &cx.q.running, i, 1);
+                plan_tokens(cx.plan, &cx.q.running, i, decode_tokens(k, &cx.q.running[i]));
             }
             return;
         }
@@ -41,6 +42,10 @@ impl Policy for StaticBatch {
             return;
         }
         admit_reserved(cx, cx.limits.max_num_batched_tokens);
+    }
+
+    fn reserves_kv(&self) -> bool {
+        true
     }
 
     fn refusal(&self, limits: &Limits, kv: &BlockManager, r: &Request) -> Option<&'static str> {
@@ -62,6 +67,8 @@ mod tests {
             watermark_blocks: 0,
             queue_order: QueueOrder::Fcfs,
             conversations: false,
+            speculative_tokens: 0,
+            speculative_max_batch: u32::MAX,
         };
         let (mut plan, mut aborted) = (StepPlan::default(), Vec::new());
         let mut cx = Ctx { now_ns, limits: &limits, q, kv, plan: &mut plan, aborted: &mut aborted, wake_at_ns: None };

@@ -9,7 +9,7 @@
 //! the whole sequence (prompt + max new tokens) are allocated at admission,
 //! so nothing is ever preempted.
 
-use super::common::{admit_head, plan_tokens};
+use super::common::{admit_head, decode_tokens, plan_tokens, speculation};
 use super::{Ctx, Limits, Policy, SchedulerSpec};
 use crate::kv::BlockManager;
 use crate::workload::Request;
@@ -68,10 +68,15 @@ impl Policy for Tgi {
             self.steps_since_prefill = 0;
             return;
         }
+        let k = speculation(cx.limits, running);
         for i in 0..running {
-            plan_tokens(cx.plan, &cx.q.running, i, 1);
+            plan_tokens(cx.plan, &cx.q.running, i, decode_tokens(k, &cx.q.running[i]));
         }
         self.steps_since_prefill += 1;
+    }
+
+    fn reserves_kv(&self) -> bool {
+        true
     }
 
     fn refusal(&self, _limits: &Limits, _kv: &BlockManager, r: &Request) -> Option<&'static str> {

@@ -7,7 +7,7 @@
 //! sequence needs a block and none is free, the newest running sequence is
 //! preempted by recompute (possibly the sequence itself).
 
-use super::common::{admit_head, evict_recompute, fits, grow_or_evict, plan_tokens};
+use super::common::{admit_head, decode_tokens, evict_recompute, fits, grow_or_evict, plan_tokens, speculation};
 use super::{Ctx, Limits, Policy, Preemption};
 use crate::kv::BlockManager;
 use crate::workload::Request;
@@ -48,15 +48,17 @@ impl Vllm {
 
     fn schedule_decodes(&mut self, cx: &mut Ctx<'_>) {
         let mut budget = cx.limits.max_num_batched_tokens;
+        let k = speculation(cx.limits, cx.q.running.len());
         let mut i = 0;
         while i < cx.q.running.len() && budget > 0 {
-            let need = cx.q.running[i].computed + 1;
+            let n = if k == 0 { 1 } else { decode_tokens(k, &cx.q.running[i]).min(budget) };
+            let need = cx.q.running[i].computed + n;
             if !grow_or_evict(cx, i, need, |cx, v| self.evict(cx, v)) {
                 // It was evicted itself; the next sequence moved into slot i.
                 continue;
             }
-            plan_tokens(cx.plan, &cx.q.running, i, 1);
-            budget -= 1;
+            plan_tokens(cx.plan, &cx.q.running, i, n);
+            budget -= n;
             i += 1;
         }
     }
@@ -64,8 +66,10 @@ impl Vllm {
     /// Swapped sequences come back, oldest first, when no one was preempted
     /// this step (vllm/core/scheduler.py `_schedule_swapped`).
     fn schedule_swap_ins(&mut self, cx: &mut Ctx<'_>) {
+        let k = speculation(cx.limits, cx.q.running.len());
         while let Some(seq) = cx.q.swapped.front() {
-            let need = seq.computed + 1;
+            let n = decode_tokens(k, seq);
+            let need = seq.computed + n;
             if cx.q.running.len() as u32 >= cx.limits.max_num_seqs
                 || !fits(cx.kv, &seq.blocks, need, cx.limits.watermark_blocks)
             {
@@ -77,7 +81,7 @@ impl Vllm {
             self.swap_used -= restored.min(self.swap_used);
             cx.plan.swap_in_tokens += seq.computed as u64;
             cx.q.running.push(seq);
-            plan_tokens(cx.plan, &cx.q.running, cx.q.running.len() - 1, 1);
+            plan_tokens(cx.plan, &cx.q.running, cx.q.running.len() - 1, n);
         }
     }
 }
@@ -136,7 +140,7 @@ mod tests {
     }
 
     fn limits(watermark_blocks: u32) -> Limits {
-        Limits { max_num_seqs: 3, max_num_batched_tokens: 100, max_model_len: 1000, watermark_blocks, queue_order: QueueOrder::Fcfs, conversations: false }
+        Limits { max_num_seqs: 3, max_num_batched_tokens: 100, max_model_len: 1000, watermark_blocks, queue_order: QueueOrder::Fcfs, conversations: false, speculative_tokens: 0, speculative_max_batch: u32::MAX }
     }
 
     fn plan_once(limits: &Limits, q: &mut Queues, kv: &mut BlockManager) -> (StepPlan, u32) {
