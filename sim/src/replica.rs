@@ -143,7 +143,7 @@ impl Replica {
                 // Requests waiting with nothing running and nothing planned
                 // would stall forever. refusal() rules that out; should it
                 // happen anyway, the head is reported, never silently stuck.
-                if let Some(seq) = self.q.waiting.pop_front() {
+                if let Some(seq) = self.q.waiting.pop_front().or_else(|| self.q.swapped.pop_front()) {
                     self.aborted.push((seq, "unschedulable"));
                 }
             }
@@ -152,8 +152,8 @@ impl Replica {
                 metrics.on_finish(&self.record(&seq, Status::Aborted, reason, now_ns))?;
             }
             // Re-plan only if everything running was just preempted or
-            // dropped while requests still wait.
-            if !idle || self.q.waiting.is_empty() || wake_at_ns.is_some() {
+            // dropped while requests still wait (or sit swapped out).
+            if !idle || self.q.is_empty() || wake_at_ns.is_some() {
                 break;
             }
         }
