@@ -26,6 +26,32 @@ pub fn plan_tokens(plan: &mut StepPlan, running: &[Seq], slot: usize, n: u32) {
     });
 }
 
+/// The common step: every running sequence decodes one token and the few
+/// that cross a block boundary get their block without preempting anyone.
+/// Then the whole batch is planned in one tight pass. Returns false, having
+/// grown only sequences before the first that did not fit (exactly what the
+/// general loop would have done by then), when preemption is needed or a
+/// running sequence still has prompt to prefill. Callers check that the
+/// step drafts nothing and the budget holds one token per sequence.
+pub fn plan_all_decodes(cx: &mut Ctx<'_>) -> bool {
+    for seq in cx.q.running.iter_mut() {
+        if seq.pending_tokens() != 1 || !cx.kv.grow(&mut seq.blocks, seq.computed + 1) {
+            return false;
+        }
+    }
+    let items = cx.q.running.iter().enumerate().map(|(slot, seq)| PlanItem {
+        req: seq.id,
+        slot: slot as u32,
+        new_tokens: 1,
+        context_tokens: seq.computed,
+        samples: true,
+        draft_tokens: 0,
+        class: 0,
+    });
+    cx.plan.items.extend(items);
+    true
+}
+
 /// Drafts per decode in a step whose running batch holds `batch`
 /// sequences: k, or 0 when speculation is off or the batch is larger than
 /// `disable_above_batch_size` (vLLM v0 `speculative_disable_by_batch_size`

@@ -42,22 +42,31 @@ pub struct Limits {
     pub speculative_max_batch: u32,
 }
 
-/// A request's serving state on a replica.
+/// A request's serving state on a replica. `repr(C)` keeps the fields every
+/// decode step touches together in the first cache line (the scheduler and
+/// the update walk every running sequence once per step); the rest follows.
 #[derive(Debug, Clone, PartialEq)]
+#[repr(C)]
 pub struct Seq {
     pub id: ReqId,
-    pub arrival_ns: u64,
-    pub input_tokens: u32,
-    pub output_tokens: u32,
+    pub last_token_ns: u64,
+    pub blocks: Vec<BlockId>,
     /// Tokens whose K/V are in the cache.
     pub computed: u32,
     /// Output tokens produced so far.
     pub generated: u32,
-    pub first_token_ns: u64,
-    pub last_token_ns: u64,
+    pub input_tokens: u32,
+    pub output_tokens: u32,
+    /// Workload class index (speculative acceptance may depend on it).
+    pub class: u32,
+    /// Leading blocks of `blocks` registered in the prefix cache.
+    pub committed_blocks: u32,
+    /// Leading prompt tokens other requests may share (its `prefix`).
+    pub shared_tokens: u32,
     /// Smaller is more urgent (with `queue_order = "priority"`).
     pub priority: i32,
-    pub blocks: Vec<BlockId>,
+    pub arrival_ns: u64,
+    pub first_token_ns: u64,
     pub preemptions: u32,
     pub prefix: Vec<crate::prefix::Segment>,
     /// Chained hashes of full blocks of content (prefix caching only).
@@ -65,12 +74,6 @@ pub struct Seq {
     /// The content those hashes cover (prefix caching only): built once,
     /// then only the answer segment grows.
     content: Vec<crate::prefix::Segment>,
-    /// Leading blocks of `blocks` registered in the prefix cache.
-    pub committed_blocks: u32,
-    /// Leading prompt tokens other requests may share (its `prefix`).
-    pub shared_tokens: u32,
-    /// Workload class index (speculative acceptance may depend on it).
-    pub class: u32,
 }
 
 impl Seq {

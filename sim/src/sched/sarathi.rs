@@ -10,7 +10,7 @@
 //! FCFS) is preempted by recompute; no admissions happen in a step that
 //! preempted.
 
-use super::common::{admit_head, decode_tokens, evict_recompute, grow_or_evict, plan_tokens, speculation};
+use super::common::{plan_all_decodes, admit_head, decode_tokens, evict_recompute, grow_or_evict, plan_tokens, speculation};
 use super::{Ctx, Policy, SchedulerSpec};
 
 #[derive(Debug, Clone)]
@@ -38,6 +38,10 @@ impl Policy for Sarathi {
         let mut budget = cx.limits.max_num_batched_tokens;
         let k = speculation(cx.limits, cx.q.running.len());
         let mut i = 0;
+        if k == 0 && budget as usize >= cx.q.running.len() && plan_all_decodes(cx) {
+            i = cx.q.running.len();
+            budget -= i as u32;
+        }
         while i < cx.q.running.len() && budget > 0 {
             let seq = &cx.q.running[i];
             let n = match seq.pending_tokens() {

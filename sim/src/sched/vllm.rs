@@ -7,7 +7,9 @@
 //! sequence needs a block and none is free, the newest running sequence is
 //! preempted by recompute (possibly the sequence itself).
 
-use super::common::{admit_head, decode_tokens, evict_recompute, fits, grow_or_evict, plan_tokens, speculation};
+use super::common::{
+    admit_head, decode_tokens, evict_recompute, fits, grow_or_evict, plan_all_decodes, plan_tokens, speculation,
+};
 use super::{Ctx, Limits, Policy, Preemption};
 use crate::kv::BlockManager;
 use crate::workload::Request;
@@ -49,6 +51,9 @@ impl Vllm {
     fn schedule_decodes(&mut self, cx: &mut Ctx<'_>) {
         let mut budget = cx.limits.max_num_batched_tokens;
         let k = speculation(cx.limits, cx.q.running.len());
+        if k == 0 && budget as usize >= cx.q.running.len() && plan_all_decodes(cx) {
+            return;
+        }
         let mut i = 0;
         while i < cx.q.running.len() && budget > 0 {
             let n = if k == 0 { 1 } else { decode_tokens(k, &cx.q.running[i]).min(budget) };
