@@ -322,8 +322,26 @@ impl SimSpeculator {
     pub fn complete(&mut self, plan: &StepPlan, outcome: &mut StepOutcome) {
         outcome.emitted.clear();
         outcome.draft_ns = 0;
+        // A draft model keeps its own KV, so it prefills every prompt chunk
+        // the target does (vLLM's draft worker runs the prefill too).
+        let draft_prefill_s = match &self.drafter {
+            Drafter::Model(r) => {
+                let mut s = BatchShape::default();
+                for it in plan.items.iter().filter(|it| it.draft_tokens == 0 && (it.new_tokens > 1 || it.context_tokens == 0)) {
+                    s.add(it.new_tokens, it.context_tokens, it.samples);
+                }
+                if s.tokens > 0 {
+                    r.step_cost(&s).op_s.iter().sum::<f64>()
+                } else {
+                    0.0
+                }
+            }
+            _ => 0.0,
+        };
         let longest = plan.items.iter().map(|it| it.draft_tokens).max().unwrap_or(0) as u32;
         if longest == 0 {
+            outcome.draft_ns = (draft_prefill_s * 1e9).round() as u64;
+            outcome.duration_ns += outcome.draft_ns;
             return;
         }
         for it in &plan.items {
@@ -352,7 +370,7 @@ impl SimSpeculator {
                 *heads as f64 * (target.gemm_s(b, *hidden, *hidden) + target.gemm_s(b, *hidden, *vocab))
             }
         };
-        outcome.draft_ns = (draft_s * 1e9).round() as u64;
+        outcome.draft_ns = ((draft_s + draft_prefill_s) * 1e9).round() as u64;
         outcome.duration_ns += outcome.draft_ns;
     }
 }

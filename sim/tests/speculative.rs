@@ -182,8 +182,30 @@ fn speculation_pays_at_small_batch_loses_at_large_and_the_cutoff_removes_the_los
     assert!((cut / on - 1.0).abs() < 1e-9, "below the cutoff nothing changes");
     let (_, off, on, cut) = at(256);
     assert!(on > 1.1 * off, "batch 256 is compute-bound: speculation costs TPOT ({on} vs {off})");
-    assert!((cut / off - 1.0).abs() < 0.03, "disabled above 32: back to no speculation ({cut} vs {off})");
+    // Disabled above 32: the verify and drafting costs are gone; what is
+    // left is the draft model prefilling every prompt (≈ 1/7 of the target's
+    // prefill), which vLLM's draft worker pays too.
+    assert!(cut < on * 0.8, "the cutoff removes most of the loss ({cut} vs {on})");
+    assert!(cut / off - 1.0 < 0.06, "disabled above 32: within the drafter's prefill of off ({cut} vs {off})");
     // The gain shrinks monotonically with the batch.
     let gains: Vec<f64> = rows.iter().map(|r| r.2 / r.1).collect();
     assert!(gains.windows(2).all(|w| w[1] >= w[0] - 0.02), "{gains:?}");
+}
+
+#[test]
+fn a_draft_model_prefills_every_prompt_too() {
+    // One 2,000-token prompt, one output token: no verify ever runs, so the
+    // only drafter work is its prefill, which must lengthen TTFT by the draft
+    // model's own prefill time (about its parameter share of the target's).
+    let toml = |spec: &str| {
+        format!(
+            "[workload]\narrival = \"offline\"\nnum_requests = 1\ninput_tokens = 2000\noutput_tokens = 1\n{spec}"
+        )
+    };
+    let plain = run(&load(&toml(""), &[]).unwrap());
+    let spec = "[speculative]\nmethod = \"draft\"\ndraft_model = \"llama-3.2-1b\"\nnum_speculative_tokens = 4\nacceptance_rate = 0.7\n";
+    let drafted = run(&load(&toml(spec), &[]).unwrap());
+    let extra = drafted.mean_ttft_ms / plain.mean_ttft_ms - 1.0;
+    // Llama-3.2-1B has 1.24 B parameters against 8.03 B: ≈ 0.15 of the work.
+    assert!((0.08..0.25).contains(&extra), "draft prefill adds {extra:.3} of the target's TTFT");
 }
