@@ -234,3 +234,41 @@ pub fn new_policy(spec: &SchedulerSpec, swap_blocks: u32) -> Box<dyn Policy + Se
         PolicyKind::Tgi => Box::new(Tgi::new(spec)),
     }
 }
+
+/// What policy unit tests share: limits without speculation or
+/// conversations, and one scheduling decision run outside a replica.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::{Ctx, Limits, Policy, QueueOrder, Queues};
+    use crate::kv::BlockManager;
+    use crate::step::StepPlan;
+
+    pub fn limits(max_num_seqs: u32, max_num_batched_tokens: u32, max_model_len: u32, watermark_blocks: u32) -> Limits {
+        Limits {
+            max_num_seqs,
+            max_num_batched_tokens,
+            max_model_len,
+            watermark_blocks,
+            queue_order: QueueOrder::Fcfs,
+            conversations: false,
+            speculative_tokens: 0,
+            speculative_max_batch: u32::MAX,
+        }
+    }
+
+    /// The plan and the wake-up time the policy asks for at `now_ns`.
+    pub fn decide(
+        p: &mut dyn Policy,
+        limits: &Limits,
+        q: &mut Queues,
+        kv: &mut BlockManager,
+        now_ns: u64,
+    ) -> (StepPlan, Option<u64>) {
+        let (mut plan, mut aborted) = (StepPlan::default(), Vec::new());
+        let mut cx = Ctx { now_ns, limits, q, kv, plan: &mut plan, aborted: &mut aborted, wake_at_ns: None };
+        p.schedule(&mut cx);
+        let wake = cx.wake_at_ns;
+        assert!(aborted.is_empty(), "no test case aborts");
+        (plan, wake)
+    }
+}

@@ -76,7 +76,8 @@ impl Policy for Sarathi {
 mod tests {
     use super::*;
     use crate::kv::BlockManager;
-    use crate::sched::{Limits, QueueOrder, Queues, Seq};
+    use crate::sched::testing::{decide, limits};
+    use crate::sched::{Queues, Seq};
     use crate::step::StepPlan;
     use crate::workload::Request;
 
@@ -85,19 +86,7 @@ mod tests {
     }
 
     fn step(p: &mut Sarathi, q: &mut Queues, kv: &mut BlockManager, budget: u32) -> StepPlan {
-        let limits = Limits {
-            max_num_seqs: 8,
-            max_num_batched_tokens: budget,
-            max_model_len: 100_000,
-            watermark_blocks: 0,
-            queue_order: QueueOrder::Fcfs,
-            conversations: false,
-            speculative_tokens: 0,
-            speculative_max_batch: u32::MAX,
-        };
-        let (mut plan, mut aborted) = (StepPlan::default(), Vec::new());
-        let mut cx = Ctx { now_ns: 0, limits: &limits, q, kv, plan: &mut plan, aborted: &mut aborted, wake_at_ns: None };
-        p.schedule(&mut cx);
+        let (plan, _) = decide(p, &limits(8, budget, 100_000, 0), q, kv, 0);
         // Apply the step as the replica would.
         for it in &plan.items {
             let s = &mut q.running[it.slot as usize];

@@ -56,25 +56,12 @@ impl Policy for StaticBatch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sched::{QueueOrder, Queues, Seq};
+    use crate::sched::testing::{decide, limits};
+    use crate::sched::{Queues, Seq};
     use crate::step::StepPlan;
 
     fn plan(p: &mut StaticBatch, q: &mut Queues, kv: &mut BlockManager, now_ns: u64) -> (StepPlan, Option<u64>) {
-        let limits = Limits {
-            max_num_seqs: 3,
-            max_num_batched_tokens: 1000,
-            max_model_len: 64,
-            watermark_blocks: 0,
-            queue_order: QueueOrder::Fcfs,
-            conversations: false,
-            speculative_tokens: 0,
-            speculative_max_batch: u32::MAX,
-        };
-        let (mut plan, mut aborted) = (StepPlan::default(), Vec::new());
-        let mut cx = Ctx { now_ns, limits: &limits, q, kv, plan: &mut plan, aborted: &mut aborted, wake_at_ns: None };
-        p.schedule(&mut cx);
-        let wake = cx.wake_at_ns;
-        (plan, wake)
+        decide(p, &limits(3, 1000, 64, 0), q, kv, now_ns)
     }
 
     fn seq(id: u64, arrival_ns: u64) -> Seq {

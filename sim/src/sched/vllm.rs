@@ -137,7 +137,7 @@ fn schedule_prefills(cx: &mut Ctx<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sched::{QueueOrder, Queues, Seq};
+    use crate::sched::{testing, Queues, Seq};
     use crate::step::StepPlan;
 
     fn seq(id: u64, input_tokens: u32) -> Seq {
@@ -145,7 +145,7 @@ mod tests {
     }
 
     fn limits(watermark_blocks: u32) -> Limits {
-        Limits { max_num_seqs: 3, max_num_batched_tokens: 100, max_model_len: 1000, watermark_blocks, queue_order: QueueOrder::Fcfs, conversations: false, speculative_tokens: 0, speculative_max_batch: u32::MAX }
+        testing::limits(3, 100, 1000, watermark_blocks)
     }
 
     fn plan_once(limits: &Limits, q: &mut Queues, kv: &mut BlockManager) -> (StepPlan, u32) {
@@ -153,10 +153,7 @@ mod tests {
     }
 
     fn plan_with(p: &mut Vllm, limits: &Limits, q: &mut Queues, kv: &mut BlockManager) -> (StepPlan, u32) {
-        let (mut plan, mut aborted) = (StepPlan::default(), Vec::new());
-        let mut cx = Ctx { now_ns: 0, limits, q, kv, plan: &mut plan, aborted: &mut aborted, wake_at_ns: None };
-        p.schedule(&mut cx);
-        assert!(aborted.is_empty());
+        let (plan, _) = testing::decide(p, limits, q, kv, 0);
         let n = plan.preempted.len() as u32;
         (plan, n)
     }
