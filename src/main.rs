@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use servetwin_sim::cost::{CostExecutor, Roofline};
+use servetwin_sim::cost::CostExecutor;
 use servetwin_sim::des::{SimError, Simulation};
 use servetwin_sim::metrics::Summary;
 use servetwin_sim::output::{open_run_dir, write_summary};
@@ -71,7 +71,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn run_simulation(loaded: &Loaded, dir: &Path, quiet: bool) -> anyhow::Result<Summary> {
-    let cost = || Roofline::new(&loaded.model, &loaded.gpu, &loaded.scenario.cost);
+    let cost = || loaded.roofline();
     let mut sim = Simulation::new(loaded, |_| CostExecutor { model: cost() })?;
     // The directory is made (and an unwritable --out reported) before the
     // run, and removed again if the run fails on bad input halfway.

@@ -67,7 +67,7 @@ fn main() {
     }
     let loaded = load_str(SCENARIO, Path::new("bench/sim_1m.toml"), &set).expect("bench scenario is valid");
     let start = Instant::now();
-    let summary = simulate(&loaded, || Roofline::new(&loaded.model, &loaded.gpu, &loaded.scenario.cost), |_| {}, |_| {})
+    let summary = simulate(&loaded, || loaded.roofline(), |_| {}, |_| {})
         .expect("bench runs");
     let wall = start.elapsed().as_secs_f64();
     let rate = summary.completed as f64 / wall;

@@ -28,6 +28,10 @@ pub struct CostSpec {
     /// Fixed host-side cost of one iteration (scheduling, input preparation,
     /// sampling, launch). An assumption until calibrated from engine runs.
     pub step_overhead_us: f64,
+    /// Fixed cost of one tensor-parallel all-reduce (launch and
+    /// synchronisation; NCCL's small-message latency on NVLink is ~10 µs).
+    /// An assumption until calibrated.
+    pub allreduce_latency_us: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +48,7 @@ impl Default for CostSpec {
             attention_efficiency: 0.4,
             memory_efficiency: 0.9,
             step_overhead_us: 500.0,
+            allreduce_latency_us: 10.0,
         }
     }
 }
@@ -61,16 +66,18 @@ impl CostSpec {
             }
         }
         // Bounded (a second) so simulated time stays far from overflow.
-        if !(0.0..=1e6).contains(&self.step_overhead_us) {
-            let v = self.step_overhead_us;
-            return Err(("cost.step_overhead_us".into(), format!("a number of microseconds in [0, 1e6], got {v}")));
+        for (key, v) in [("step_overhead_us", self.step_overhead_us), ("allreduce_latency_us", self.allreduce_latency_us)] {
+            if !(0.0..=1e6).contains(&v) {
+                return Err((format!("cost.{key}"), format!("a number of microseconds in [0, 1e6], got {v}")));
+            }
         }
         Ok(())
     }
 }
 
 /// The ops a step's time is broken down into.
-pub const OPS: [&str; 9] = ["qkv", "attn_prefill", "attn_decode", "o_proj", "mlp", "norms", "lm_head", "overhead", "swap"];
+pub const OPS: [&str; 10] =
+    ["qkv", "attn_prefill", "attn_decode", "o_proj", "mlp", "norms", "lm_head", "overhead", "swap", "allreduce"];
 
 /// A step's duration and where it went (seconds per op, indexed like `OPS`).
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -100,11 +107,29 @@ pub struct Roofline {
     inter: f64,
     vocab: f64,
     elem: f64,
+    /// Tensor parallelism: degree, and seconds per byte and per call of an
+    /// all-reduce across the group.
+    tp: f64,
+    link_s_per_byte: f64,
+    allreduce_s: f64,
 }
 
 impl Roofline {
     pub fn new(model: &ModelConfig, gpu: &GpuConfig, spec: &CostSpec) -> Self {
+        Roofline::sharded(model, gpu, spec, 1)
+    }
+
+    /// The roofline of one GPU of a `tp`-way group: `shard` is what that GPU
+    /// holds (`ModelConfig::shard`), and every layer adds two all-reduces of
+    /// the activations (after attention's output projection and after the
+    /// MLP, Megatron-LM), costed as a ring: 2(n−1)/n × bytes over the link
+    /// plus a fixed latency; the vocabulary-split logits are gathered once.
+    pub fn sharded(shard: &ModelConfig, gpu: &GpuConfig, spec: &CostSpec, tp: u32) -> Self {
+        let model = shard;
         Roofline {
+            tp: tp as f64,
+            link_s_per_byte: 1.0 / gpu.interconnect_bytes_per_s,
+            allreduce_s: spec.allreduce_latency_us * 1e-6,
             layers: model.num_layers as f64,
             flops_per_s: gpu.bf16_flops_per_s * spec.gemm_efficiency,
             bytes_per_s: gpu.mem_bandwidth_bytes_per_s * spec.memory_efficiency,
@@ -168,6 +193,14 @@ impl CostModel for Roofline {
         }
         // vLLM v0 swaps blocks before the forward pass, on the same stream.
         op_s[8] = s.swap_tokens as f64 * self.swap_s_per_token;
+        if self.tp > 1.0 && s.tokens > 0 {
+            let ring = 2.0 * (self.tp - 1.0) / self.tp;
+            let act_bytes = s.tokens as f64 * self.hidden * self.elem;
+            let logits_bytes = s.sampled as f64 * self.vocab * self.tp * self.elem;
+            op_s[9] = 2.0 * self.layers * (self.allreduce_s + ring * act_bytes * self.link_s_per_byte)
+                + self.allreduce_s
+                + (self.tp - 1.0) / self.tp * logits_bytes * self.link_s_per_byte;
+        }
         let total: f64 = op_s.iter().sum();
         StepCost { duration_ns: (total * 1e9).round() as u64, op_s }
     }

@@ -97,11 +97,12 @@ pub struct Simulation<E: Executor> {
 }
 
 impl<E: Executor> Simulation<E> {
-    /// One replica per `hardware.count`, each with its own executor.
+    /// One replica per `parallelism.tp` GPUs of `hardware.count`, each with
+    /// its own executor.
     pub fn new(loaded: &Loaded, mut executor: impl FnMut(u32) -> E) -> Result<Self, SimError> {
         let s = &loaded.scenario;
         let workload = Workload::open(&s.workload, s.seed, loaded.limits.max_model_len, &loaded.base_dir)?;
-        let n = s.hardware.count;
+        let n = loaded.replicas;
         let (blocks, block_size) = (loaded.kv_blocks_per_replica, s.scheduler.block_size_tokens);
         let replicas = (0..n)
             .map(|id| {
@@ -123,7 +124,7 @@ impl<E: Executor> Simulation<E> {
             busy: vec![false; n as usize],
             executors: (0..n).map(&mut executor).collect(),
             speculators: match &loaded.speculation {
-                Some(sp) => (0..n).map(|id| sp.simulator(&loaded.model, &loaded.gpu, &s.cost, s.seed, id)).collect(),
+                Some(sp) => (0..n).map(|id| sp.simulator(&loaded.shard, &loaded.gpu, &s.cost, s.parallelism.tp, s.seed, id)).collect(),
                 None => Vec::new(),
             },
             outcomes: vec![StepOutcome::default(); n as usize],

@@ -19,6 +19,9 @@ pub struct HardwareSpec {
     pub bf16_tflops: Option<f64>,
     /// Host link (PCIe) bandwidth per direction, for KV swapping.
     pub host_link_gb_per_s: Option<f64>,
+    /// GPU-to-GPU bandwidth per direction (NVLink, else PCIe), for tensor
+    /// parallelism's all-reduces.
+    pub interconnect_gb_per_s: Option<f64>,
 }
 
 impl Default for HardwareSpec {
@@ -30,6 +33,7 @@ impl Default for HardwareSpec {
             mem_bandwidth_gb_per_s: None,
             bf16_tflops: None,
             host_link_gb_per_s: None,
+            interconnect_gb_per_s: None,
         }
     }
 }
@@ -54,6 +58,7 @@ pub struct GpuConfig {
     /// Dense (no sparsity) bf16 tensor-core peak.
     pub bf16_flops_per_s: f64,
     pub host_link_bytes_per_s: f64,
+    pub interconnect_bytes_per_s: f64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -80,20 +85,25 @@ impl HardwareError {
 }
 
 /// (name, memory GB (10^9 B), bandwidth GB/s, dense bf16 TFLOPS, host link
-/// GB/s per direction: half the datasheet's bidirectional PCIe figure).
-const CATALOG: [(&str, f64, f64, f64, f64); 4] = [
+/// GB/s per direction: half the datasheet's bidirectional PCIe figure, GPU
+/// interconnect GB/s per direction: half the datasheet's NVLink total).
+const CATALOG: [(&str, f64, f64, f64, f64, f64); 4] = [
     // NVIDIA H100 Tensor Core GPU datasheet (SXM): 80 GB HBM3, 3.35 TB/s,
     // bf16 1,979 TFLOPS with sparsity = 989.4 dense; PCIe Gen5 128 GB/s.
-    ("h100-sxm", 80.0, 3350.0, 989.4, 64.0),
+    // NVLink 4: 900 GB/s.
+    ("h100-sxm", 80.0, 3350.0, 989.4, 64.0, 450.0),
     // NVIDIA H200 datasheet: 141 GB HBM3e, 4.8 TB/s, same compute as H100
     // SXM, PCIe Gen5 128 GB/s.
-    ("h200", 141.0, 4800.0, 989.4, 64.0),
+    // NVLink 4: 900 GB/s.
+    ("h200", 141.0, 4800.0, 989.4, 64.0, 450.0),
     // NVIDIA A100 datasheet (80GB SXM): 2,039 GB/s, bf16 312 TFLOPS dense,
     // PCIe Gen4 64 GB/s.
-    ("a100-80gb-sxm", 80.0, 2039.0, 312.0, 32.0),
+    // NVLink 3: 600 GB/s.
+    ("a100-80gb-sxm", 80.0, 2039.0, 312.0, 32.0, 300.0),
     // NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s, bf16 733 TFLOPS with
     // sparsity = 362.05 dense; PCIe Gen4 x16 64 GB/s.
-    ("l40s", 48.0, 864.0, 362.05, 32.0),
+    // No NVLink: peers talk over PCIe.
+    ("l40s", 48.0, 864.0, 362.05, 32.0, 32.0),
 ];
 
 impl GpuConfig {
@@ -105,7 +115,7 @@ impl GpuConfig {
         if base.is_none() && spec.gpu != "custom" {
             return Err(HardwareError::Unknown(spec.gpu.clone()));
         }
-        let pick = |over: Option<f64>, from: fn(&(&str, f64, f64, f64, f64)) -> f64, key, max: f64| {
+        let pick = |over: Option<f64>, from: fn(&(&str, f64, f64, f64, f64, f64)) -> f64, key, max: f64| {
             let v = over.or(base.map(from)).ok_or(HardwareError::Missing(key))?;
             if !(v.is_finite() && v > 0.0 && v <= max) {
                 return Err(HardwareError::OutOfRange { key, value: v, max });
@@ -120,7 +130,11 @@ impl GpuConfig {
             bf16_flops_per_s: pick(spec.bf16_tflops, |e| e.3, "bf16_tflops", 1e6)? * 1e12,
             // Only swapping uses it: a custom GPU without one gets PCIe Gen5 x16
             // (64 GB/s a direction), an assumption, rather than an error.
-            host_link_bytes_per_s: pick(spec.host_link_gb_per_s.or(Some(64.0)), |e| e.4, "host_link_gb_per_s", 1e6)? * 1e9,
+            host_link_bytes_per_s: pick(spec.host_link_gb_per_s.or(base.map(|e| e.4)).or(Some(64.0)), |e| e.4, "host_link_gb_per_s", 1e6)? * 1e9,
+            // Only tensor parallelism uses it: a custom GPU without one gets
+            // PCIe Gen5 x16 too.
+            interconnect_bytes_per_s: pick(spec.interconnect_gb_per_s.or(base.map(|e| e.5)).or(Some(64.0)), |e| e.5, "interconnect_gb_per_s", 1e6)?
+                * 1e9,
         })
     }
 
@@ -133,6 +147,7 @@ impl GpuConfig {
             mem_bandwidth_gb_per_s: Some(self.mem_bandwidth_bytes_per_s / 1e9),
             bf16_tflops: Some(self.bf16_flops_per_s / 1e12),
             host_link_gb_per_s: Some(self.host_link_bytes_per_s / 1e9),
+            interconnect_gb_per_s: Some(self.interconnect_bytes_per_s / 1e9),
         }
     }
 }
@@ -150,6 +165,8 @@ mod tests {
         let g = GpuConfig::resolve(&spec).unwrap();
         assert_eq!((g.memory_bytes, g.mem_bandwidth_bytes_per_s), (141_000_000_000, 4.0e12));
         assert_eq!(GpuConfig::resolve(&g.to_spec(1)).unwrap(), g);
+        let a100 = GpuConfig::resolve(&HardwareSpec { gpu: "a100-80gb-sxm".into(), ..Default::default() }).unwrap();
+        assert_eq!((a100.host_link_bytes_per_s, a100.interconnect_bytes_per_s), (32e9, 300e9), "catalog links");
     }
 
     #[test]

@@ -200,6 +200,36 @@ impl ModelConfig {
         }
     }
 
+    /// What one GPU of a `tp`-way tensor-parallel group holds (Megatron-LM
+    /// sharding as vLLM applies it): query heads, MLP width and the
+    /// vocabulary (VocabParallelEmbedding / LM head) split `tp` ways; KV heads
+    /// split too, or replicated when there are fewer than `tp` of them; the
+    /// hidden size (activations, norms) whole. Every size a GPU sees —
+    /// weights, KV bytes per token, GEMM shapes — follows from the shard.
+    pub fn shard(&self, tp: u32) -> ModelConfig {
+        ModelConfig {
+            num_attention_heads: self.num_attention_heads / tp,
+            num_key_value_heads: (self.num_key_value_heads / tp).max(1),
+            intermediate_size: self.intermediate_size / tp,
+            vocab_size: self.vocab_size.div_ceil(tp),
+            ..self.clone()
+        }
+    }
+
+    /// Why this model cannot be split `tp` ways, if it cannot.
+    pub fn tp_refusal(&self, tp: u32) -> Option<String> {
+        let (h, kv, i) = (self.num_attention_heads, self.num_key_value_heads, self.intermediate_size);
+        if h % tp != 0 {
+            Some(format!("a degree that divides the {h} attention heads, got {tp}"))
+        } else if kv % tp != 0 && tp % kv != 0 {
+            Some(format!("a degree that divides the {kv} KV heads or is a multiple of them, got {tp}"))
+        } else if i % tp != 0 {
+            Some(format!("a degree that divides the MLP width {i}, got {tp}"))
+        } else {
+            None
+        }
+    }
+
     pub fn q_dim(&self) -> u64 {
         self.num_attention_heads as u64 * self.head_dim as u64
     }

@@ -124,7 +124,11 @@ pub struct Loaded {
     /// With every default filled in.
     pub scenario: Scenario,
     pub model: ModelConfig,
+    /// What one GPU of a replica holds (`model` split `tp` ways).
+    pub shard: ModelConfig,
     pub gpu: GpuConfig,
+    /// Replicas: hardware.count / parallelism.tp.
+    pub replicas: u32,
     pub kv_blocks_per_replica: u32,
     /// KV blocks the host swap space holds per replica.
     pub swap_blocks_per_replica: u32,
@@ -175,14 +179,20 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         let msg = format!("at most the model's context, {} tokens, got {max_model_len}", model.max_position_embeddings);
         return Err(invalid(("scheduler.max_model_len".into(), msg)));
     }
+    let tp = s.parallelism.tp;
+    if let Some(msg) = model.tp_refusal(tp) {
+        return Err(invalid(("parallelism.tp".into(), msg)));
+    }
+    let shard = model.shard(tp);
     let class_names: Vec<&str> = s.workload.classes.iter().map(|c| c.name.as_str()).collect();
     let speculation = match &s.speculative {
         Some(sp) => Some(Speculation::resolve(sp, &model, &class_names).map_err(invalid)?),
         None => None,
     };
     let sch = &s.scheduler;
+    // Sized per GPU: every GPU of a replica holds its shard of every block.
     let kv_blocks = kv_capacity_blocks(
-        &model,
+        &shard,
         &gpu,
         sch.gpu_memory_utilization,
         sch.block_size_tokens,
@@ -199,10 +209,11 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
             // KV bytes / (target + drafter bytes per block). The drafter's
             // weights come out of the KV bytes first; its activations are
             // smaller than the target's and not counted.
+            // Under tensor parallelism the drafter is split the same ways.
             let bs = sch.block_size_tokens as f64;
-            let target_block = bs * model.kv_bytes_per_token() as f64;
-            let bytes = kv_blocks as f64 * target_block - sp.extra_weight_bytes as f64;
-            let blocks = (bytes / (target_block + bs * sp.extra_kv_bytes_per_token as f64)).floor();
+            let target_block = bs * shard.kv_bytes_per_token() as f64;
+            let bytes = kv_blocks as f64 * target_block - sp.extra_weight_bytes as f64 / tp as f64;
+            let blocks = (bytes / (target_block + bs * sp.extra_kv_bytes_per_token as f64 / tp as f64)).floor();
             if blocks < 1.0 {
                 let msg = format!(
                     "a drafter that fits beside the target: its weights ({:.2} GB) leave no room for one KV block \
@@ -229,7 +240,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         speculative_tokens: speculation.as_ref().map_or(0, |sp| sp.k),
         speculative_max_batch: speculation.as_ref().map_or(u32::MAX, |sp| sp.max_batch),
     };
-    let block_bytes = sch.block_size_tokens as f64 * model.kv_bytes_per_token() as f64;
+    let block_bytes = sch.block_size_tokens as f64 * shard.kv_bytes_per_token() as f64;
     let swap_blocks = (sch.swap_space_gb * 1e9 / block_bytes).min(MAX_KV_BLOCKS as f64) as u32;
     if kv_blocks > MAX_KV_BLOCKS {
         let msg = format!(
@@ -257,18 +268,29 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
             WorkloadError::Invalid { key, value, expected } => invalid((key, format!("expected {expected}, got {value}"))),
             other => invalid(("workload.trace.path".into(), other.to_string())),
         })?;
+    let replicas = scenario.hardware.count / tp;
     Ok(Loaded {
         name: path.file_stem().map_or("scenario".into(), |s| s.to_string_lossy().into_owned()),
         path: path.into(),
         base_dir,
         scenario,
         model,
+        shard,
         gpu,
+        replicas,
         kv_blocks_per_replica: kv_blocks,
         swap_blocks_per_replica: swap_blocks,
         limits,
         speculation,
     })
+}
+
+impl Loaded {
+    /// The roofline of one GPU of a replica (tensor-parallel shard and its
+    /// all-reduces included).
+    pub fn roofline(&self) -> crate::cost::Roofline {
+        crate::cost::Roofline::sharded(&self.shard, &self.gpu, &self.scenario.cost, self.scenario.parallelism.tp)
+    }
 }
 
 impl Scenario {
@@ -279,14 +301,14 @@ impl Scenario {
 }
 
 fn validate(s: &Scenario) -> Result<(), (String, String)> {
-    for (key, v) in [("parallelism.tp", s.parallelism.tp), ("parallelism.pp", s.parallelism.pp)] {
-        if v != 1 {
-            let msg = format!(
-                "1 (tensor and pipeline parallelism are not modelled yet; use hardware.count for \
-                 data-parallel replicas), got {v}"
-            );
-            return Err((key.into(), msg));
-        }
+    if s.parallelism.pp != 1 {
+        let msg = format!("1 (pipeline parallelism is not modelled yet), got {}", s.parallelism.pp);
+        return Err(("parallelism.pp".into(), msg));
+    }
+    let (tp, gpus) = (s.parallelism.tp, s.hardware.count);
+    if tp == 0 || gpus % tp != 0 {
+        let msg = format!("a degree ≥ 1 that divides hardware.count ({gpus} GPUs form replicas of tp GPUs each), got {tp}");
+        return Err(("parallelism.tp".into(), msg));
     }
     s.scheduler.validate()?;
     s.routing.validate()?;

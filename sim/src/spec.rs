@@ -279,16 +279,31 @@ impl Speculation {
 
     /// The simulator's side of a speculative step for one replica: drafting
     /// cost and acceptance draws.
-    pub fn simulator(&self, target: &ModelConfig, gpu: &GpuConfig, cost: &CostSpec, seed: u64, replica: u32) -> SimSpeculator {
+    /// `target` is what one GPU holds of the target (`ModelConfig::shard`);
+    /// drafters are split the same `tp` ways.
+    pub fn simulator(
+        &self,
+        target: &ModelConfig,
+        gpu: &GpuConfig,
+        cost: &CostSpec,
+        tp: u32,
+        seed: u64,
+        replica: u32,
+    ) -> SimSpeculator {
         // The step's host overhead is counted once, in the target's step;
         // draft forwards run back to back on the device (vLLM's multi-step
         // draft worker), so their own overhead is taken as 0.
         let no_overhead = CostSpec { step_overhead_us: 0.0, ..cost.clone() };
         let drafter = match self.method {
-            Method::Draft => Drafter::Model(Roofline::new(self.draft_model.as_ref().expect("resolved"), gpu, &no_overhead)),
+            Method::Draft => {
+                let draft = self.draft_model.as_ref().expect("resolved");
+                // A draft whose heads do not split tp ways runs whole on each GPU.
+                let (shard, ways) = if draft.tp_refusal(tp).is_none() { (draft.shard(tp), tp) } else { (draft.clone(), 1) };
+                Drafter::Model(Roofline::sharded(&shard, gpu, &no_overhead, ways))
+            }
             Method::Ngram => Drafter::Ngram,
             Method::Medusa => Drafter::Medusa {
-                target: Roofline::new(target, gpu, &no_overhead),
+                target: Roofline::sharded(target, gpu, &no_overhead, tp),
                 heads: self.k,
                 hidden: target.hidden_size as f64,
                 vocab: target.vocab_size as f64,
@@ -298,7 +313,7 @@ impl Speculation {
             // (2·hidden → hidden) is left out (≈ 15 % of the layer).
             Method::Eagle => {
                 let one_layer = ModelConfig { num_layers: 1, ..target.clone() };
-                Drafter::Model(Roofline::new(&one_layer, gpu, &no_overhead))
+                Drafter::Model(Roofline::sharded(&one_layer, gpu, &no_overhead, tp))
             }
         };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);

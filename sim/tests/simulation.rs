@@ -18,7 +18,7 @@ fn load(toml: &str, set: &[&str]) -> Loaded {
 }
 
 fn roofline(l: &Loaded) -> Roofline {
-    Roofline::new(&l.model, &l.gpu, &l.scenario.cost)
+    l.roofline()
 }
 
 /// Runs `l`, writing the run directory into `dir`; returns the summary and

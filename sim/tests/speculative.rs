@@ -15,7 +15,7 @@ fn load(toml: &str, set: &[String]) -> Result<Loaded, ScenarioError> {
 }
 
 fn run(l: &Loaded) -> Summary {
-    simulate(l, || Roofline::new(&l.model, &l.gpu, &l.scenario.cost), |_| {}, |_| {}).unwrap()
+    simulate(l, || l.roofline(), |_| {}, |_| {}).unwrap()
 }
 
 /// 8 requests of 20,000 output tokens each: ~10⁵ verifies, and the last

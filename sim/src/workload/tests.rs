@@ -544,7 +544,7 @@ fn the_simulator_serves_every_turn() {
         let toml = format!("[workload]\n{workload}\n[output]\nrequests_csv = false\nsteps_csv = false\n");
         let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
         let l = crate::scenario::load_str(&toml, Path::new("conv.toml"), &set).unwrap_or_else(|e| panic!("{e}"));
-        let mut sim = Simulation::new(&l, |_| CostExecutor { model: Roofline::new(&l.model, &l.gpu, &l.scenario.cost) }).unwrap();
+        let mut sim = Simulation::new(&l, |_| CostExecutor { model: l.roofline() }).unwrap();
         sim.run(|_| {}).unwrap()
     };
     let conv = "input_tokens = 64\noutput_tokens = 8\nnum_requests = 60\n[workload.conversation]\nturns = 3\nthink_time_ms = 10.0";
