@@ -608,3 +608,19 @@ fn a_bad_trace_row_midway_leaves_no_partial_run_directory() {
     assert!(text(&res.stderr).contains("t.csv:4"), "{}", text(&res.stderr));
     assert!(!out.exists(), "the half-written run directory is removed");
 }
+
+#[test]
+fn tensor_parallel_replicas_serve_a_model_one_gpu_cannot_hold() {
+    let scratch = Scratch::new();
+    let body = "[model]\nname = \"llama-3.1-70b\"\n[hardware]\ngpu = \"h100-sxm\"\ncount = 8\n\
+                [parallelism]\ntp = 4\n[workload]\nnum_requests = 50\n";
+    let run = run_ok(&scratch.write("s.toml", body), &[]);
+    let summary = run.summary();
+    assert_eq!(u64_of(&summary, "num_replicas"), 2, "8 GPUs in replicas of 4");
+    assert_eq!(u64_of(&summary, "completed"), 50);
+    let requests = run.requests();
+    let replicas: std::collections::BTreeSet<&str> = requests.column("replica").into_iter().collect();
+    assert_eq!(replicas.len(), 2);
+    expect_bad_input(&body.replace("tp = 4", "tp = 3"), &[], &["parallelism.tp", "divides"]);
+    expect_bad_input(&body.replace("tp = 4", "tp = 1"), &[], &["does not fit"]);
+}

@@ -303,4 +303,22 @@ mod tests {
         // 10k tokens × 128 KiB over 64 GB/s ≈ 20.5 ms.
         assert!((0.020..0.021).contains(&got_s));
     }
+
+    #[test]
+    fn tensor_parallelism_halves_the_weight_read_and_adds_all_reduces() {
+        let spec = CostSpec { step_overhead_us: 0.0, ..Default::default() };
+        let (one, m, g) = roofline(&spec);
+        let two = Roofline::sharded(&m.shard(2), &g, &spec, 2);
+        let shape = plan(&[(1, 100)]);
+        let (c1, c2) = (one.step_cost(&shape), two.step_cost(&shape));
+        // Two all-reduces a layer of 4096 bf16 values (8 KiB), ring 2(n−1)/n
+        // = 1 over 450 GB/s, plus 10 µs each; then the logits gather.
+        let per = 10e-6 + 8192.0 / 450e9;
+        let want_ar = 64.0 * per + 10e-6 + 0.5 * 128_256.0 * 2.0 / 450e9;
+        assert!((c2.op_s[9] / want_ar - 1.0).abs() < 1e-9, "{} vs {want_ar}", c2.op_s[9]);
+        assert_eq!(c1.op_s[9], 0.0);
+        let compute_1: f64 = c1.op_s[..9].iter().sum();
+        let compute_2: f64 = c2.op_s[..9].iter().sum();
+        assert!((compute_2 / compute_1 - 0.5).abs() < 0.02, "{compute_2} vs {compute_1}");
+    }
 }

@@ -320,4 +320,19 @@ mod tests {
         let m = named("mistral-7b-v0.3");
         assert_eq!(ModelConfig::resolve(&m.to_spec()).unwrap(), m);
     }
+
+    #[test]
+    fn tensor_parallel_shards_split_weights_and_kv() {
+        let m = named("llama-3.1-70b");
+        let s = m.shard(4);
+        // 8 KV heads over 4 GPUs: 2 each, a quarter of 327,680 B a token.
+        assert_eq!((m.kv_bytes_per_token(), s.kv_bytes_per_token()), (327_680, 81_920));
+        let ratio = s.weight_bytes() as f64 / m.weight_bytes() as f64;
+        assert!((ratio - 0.25).abs() < 0.001, "{ratio}"); // norms stay whole
+        // 8 KV heads over 16 GPUs: each holds one, replicated.
+        assert_eq!(m.shard(16).num_key_value_heads, 1);
+        assert!(m.tp_refusal(3).unwrap().contains("64 attention heads"));
+        assert!(named("qwen2.5-7b").tp_refusal(8).is_some(), "28 heads do not split 8 ways");
+        assert_eq!(m.tp_refusal(8), None);
+    }
 }

@@ -204,6 +204,9 @@ fn arb_scenario() -> impl Strategy<Value = String> {
     )
         .prop_map(|(seed, arrival, replicas, block, blocks, seqs, (budget, input, output), n, sched, share, spec)| {
             let (policy, swap, order, chunk) = sched;
+            // Tensor parallelism on odd seeds: replicas of 2 GPUs.
+            let tp = 1 + (seed % 2) as u32;
+            let gpus = replicas * tp;
             let (caching, routing, groups, turns) = share;
             let preemption = if swap && policy == "vllm" { "swap" } else { "recompute" };
             let mut extra = String::new();
@@ -240,7 +243,9 @@ fn arb_scenario() -> impl Strategy<Value = String> {
                 r#"
                 seed = {seed}
                 [hardware]
-                count = {replicas}
+                count = {gpus}
+                [parallelism]
+                tp = {tp}
                 [routing]
                 policy = "{routing}"
                 [scheduler]
@@ -304,7 +309,7 @@ proptest! {
             }
         }
         // Per replica, steps never overlap and time only moves forward.
-        let mut last_end = vec![0.0f64; l.scenario.hardware.count as usize];
+        let mut last_end = vec![0.0f64; l.replicas as usize];
         for st in &steps {
             let (start, rep, dur): (f64, usize, f64) = (st[0].parse().unwrap(), st[1].parse().unwrap(), st[2].parse().unwrap());
             prop_assert!(start >= last_end[rep]);

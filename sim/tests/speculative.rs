@@ -143,8 +143,9 @@ fn every_method_runs_and_drafting_shows_in_the_time_shares() {
     }
 }
 
-fn crossover_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios/speculative/draft-crossover.toml")
+fn crossover_text(name: &str) -> String {
+    let path: PathBuf = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scenarios/speculative").join(name);
+    std::fs::read_to_string(path).unwrap()
 }
 
 /// Mean TPOT at `concurrency` users: speculation off (the [speculative]
@@ -168,8 +169,18 @@ fn crossover_point(text: &str, concurrency: u32) -> [f64; 3] {
 
 #[test]
 fn speculation_pays_at_small_batch_loses_at_large_and_the_cutoff_removes_the_loss() {
-    let text = std::fs::read_to_string(crossover_path()).unwrap();
-    println!("concurrency  TPOT off (ms)  on (ms)  on, disabled above 32 (ms)");
+    check_crossover("draft-crossover.toml");
+}
+
+/// The case: Llama-3.1-70B at tp = 4 on H100s with a 1B draft.
+#[test]
+fn the_crossover_holds_for_70b_at_tensor_parallel_4() {
+    check_crossover("draft-crossover-70b.toml");
+}
+
+fn check_crossover(name: &str) {
+    let text = crossover_text(name);
+    println!("{name}\nconcurrency  TPOT off (ms)  on (ms)  on, disabled above 32 (ms)");
     let mut rows = Vec::new();
     for c in [1, 8, 16, 32, 64, 128, 256] {
         let [off, on, cut] = crossover_point(&text, c);
