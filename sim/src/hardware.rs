@@ -5,8 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// `[hardware]`: a catalog GPU, optionally with figures overridden inline,
-/// and how many of them (data-parallel replicas of one GPU each until tensor
-/// parallelism exists).
+/// and how many of them (data-parallel replicas of `parallelism.tp` GPUs).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HardwareSpec {
