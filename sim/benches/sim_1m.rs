@@ -7,7 +7,7 @@
 //!     cargo bench -p servetwin-sim --bench sim_1m                 # vllm policy
 //!     cargo bench -p servetwin-sim --bench sim_1m -- 200000 sarathi prefix-caching
 //!
-//! Arguments: a request count; `sarathi` for chunked prefill (vLLM v1);
+//! Arguments: a request count; `runs=N` (default 3; the best is reported); `sarathi` for chunked prefill (vLLM v1);
 //! `prefix-caching` to turn automatic prefix caching on with 16 shared
 //! 512-token system prompts, so the cache has work to do; `caching-only`
 //! for caching on the unchanged workload (its bookkeeping alone).
@@ -15,7 +15,6 @@
 use std::path::Path;
 use std::time::Instant;
 
-use servetwin_sim::cost::Roofline;
 use servetwin_sim::des::simulate;
 use servetwin_sim::scenario::load_str;
 
@@ -66,10 +65,20 @@ fn main() {
         set.push("workload.rate_per_s=200".into());
     }
     let loaded = load_str(SCENARIO, Path::new("bench/sim_1m.toml"), &set).expect("bench scenario is valid");
-    let start = Instant::now();
-    let summary = simulate(&loaded, || loaded.roofline(), |_| {}, |_| {})
-        .expect("bench runs");
-    let wall = start.elapsed().as_secs_f64();
+    // Three runs: a shared machine's noise only ever adds time, so the best
+    // is the closest to what the code costs; all three are printed.
+    let runs: usize = args.iter().find_map(|a| a.strip_prefix("runs=")?.parse().ok()).unwrap_or(3);
+    let mut walls = Vec::new();
+    let mut summary = None;
+    for _ in 0..runs.max(1) {
+        let start = Instant::now();
+        let s = simulate(&loaded, || loaded.roofline(), |_| {}, |_| {}).expect("bench runs");
+        walls.push(start.elapsed().as_secs_f64());
+        assert!(summary.as_ref().is_none_or(|prev| prev == &s), "same scenario and seed, same results");
+        summary = Some(s);
+    }
+    let summary = summary.expect("at least one run");
+    let wall = walls.iter().copied().fold(f64::INFINITY, f64::min);
     let rate = summary.completed as f64 / wall;
     // Log-normal tails produce a few prompts longer than one step's token
     // budget; vLLM refuses those, and they are reported, not lost.
@@ -89,7 +98,8 @@ fn main() {
         summary.mean_ttft_ms,
         summary.mean_tpot_ms
     );
-    println!("  wall time: {wall:.3} s");
+    let all: Vec<String> = walls.iter().map(|w| format!("{w:.3}")).collect();
+    println!("  wall time: {wall:.3} s (best of {} runs: {} s)", walls.len(), all.join(", "));
     println!(
         "  simulated requests per wall second: {rate:.0} ({:.2}× the 200,000 target; {:.0}× Vidur's ~450; {:.1}× aisimulate-core's ~11,500)",
         rate / TARGET_REQ_PER_S,

@@ -56,9 +56,23 @@ impl StepPlan {
     #[inline]
     pub fn shape(&self) -> BatchShape {
         let mut s = BatchShape { swap_tokens: self.swap_in_tokens + self.swap_out_tokens, ..Default::default() };
+        // Decodes dominate every batch: sum them in registers (one token
+        // over c in KV: c + 1 scores and KV tokens), the rest through `add`.
+        let (mut decodes, mut decode_kv, mut decode_sampled) = (0u64, 0u64, 0u64);
         for it in &self.items {
-            s.add(it.new_tokens, it.context_tokens, it.samples);
+            if it.new_tokens == 1 && it.context_tokens > 0 {
+                decodes += 1;
+                decode_kv += it.context_tokens as u64 + 1;
+                decode_sampled += it.samples as u64;
+            } else {
+                s.add(it.new_tokens, it.context_tokens, it.samples);
+            }
         }
+        s.tokens += decodes;
+        s.sampled += decode_sampled;
+        s.decode_seqs += decodes;
+        s.decode_attn_scores += decode_kv;
+        s.decode_kv_tokens += decode_kv;
         s
     }
 }
