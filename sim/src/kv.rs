@@ -85,6 +85,8 @@ pub struct PrefixStats {
 struct PrefixCache {
     by_hash: HashMap<u64, BlockId, BuildHasherDefault<KeyHasher>>,
     stats: PrefixStats,
+    /// Free blocks that hold a hash (reusable until evicted).
+    free_hashed: u32,
 }
 
 /// Hashes a u64 key with `prefix::mix64`: deterministic, and well spread
@@ -133,6 +135,7 @@ impl BlockManager {
         let mut kv = BlockManager::new(num_blocks, block_size);
         kv.cache = Some(Box::new(PrefixCache {
             by_hash: HashMap::default(),
+            free_hashed: 0,
             stats: PrefixStats::default(),
         }));
         kv
@@ -248,6 +251,9 @@ impl BlockManager {
         for &b in &table[start..] {
             if self.nodes[b as usize].ref_count == 0 {
                 self.unlink(b);
+                if let Some(c) = &mut self.cache {
+                    c.free_hashed -= 1;
+                }
             }
             self.nodes[b as usize].ref_count += 1;
         }
@@ -304,17 +310,26 @@ impl BlockManager {
     /// drafts are given back this way.
     pub fn truncate(&mut self, table: &mut Vec<BlockId>, tokens: u32) {
         let keep = (self.blocks_for(tokens) as usize).min(table.len());
-        let caching = self.cache.is_some();
         for &b in table[keep..].iter().rev() {
-            let rc = &mut self.nodes[b as usize].ref_count;
-            debug_assert!(*rc > 0, "double free of block {b}");
-            *rc -= 1;
-            if *rc == 0 {
-                if caching {
+            let node = &mut self.nodes[b as usize];
+            debug_assert!(node.ref_count > 0, "double free of block {b}");
+            node.ref_count -= 1;
+            if node.ref_count > 0 {
+                continue;
+            }
+            // Eviction order only matters for blocks that hold a hash: a
+            // block without one goes to the LRU tail only if a hashed block
+            // is free (LRU order between the two), else to the head, where it
+            // is handed out again while still in CPU cache. Which hashed
+            // block is evicted when is exactly as with one strict LRU list.
+            let hashed = node.hashed;
+            match &mut self.cache {
+                Some(c) if hashed => {
+                    c.free_hashed += 1;
                     self.push_back(b);
-                } else {
-                    self.push_front(b);
                 }
+                Some(c) if c.free_hashed > 0 => self.push_back(b),
+                _ => self.push_front(b),
             }
         }
         table.truncate(keep);
@@ -339,6 +354,7 @@ impl BlockManager {
         if let Some(c) = &mut self.cache {
             if let Some(h) = node.hash() {
                 node.hashed = false;
+                c.free_hashed -= 1;
                 let removed = c.by_hash.remove(&h);
                 debug_assert_eq!(removed, Some(b));
                 c.stats.evicted_blocks += 1;

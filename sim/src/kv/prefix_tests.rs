@@ -2,7 +2,7 @@
 //! property test against an exact model of the free list and the cache,
 //! and the equivalence of caching off with the manager as it was before.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use proptest::prelude::*;
 
@@ -90,14 +90,15 @@ fn two_requests_share_a_three_block_prefix_and_a_third_hits_it_later() {
     kv.release(&mut a);
     kv.release(&mut b);
     assert_eq!((kv.num_free(), kv.num_used(), kv.cached_blocks(&ha)), (16, 0, 4));
-    // Freed last block first: a's 4, 3, then (shared, freed with b) b's 5,
-    // 2, 1, 0 — the prefix is the last to be evicted.
-    assert_eq!(free_list(&kv), vec![6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 4, 3, 5, 2, 1, 0]);
+    // Freed last block first: a's 4 (partial, no hash, and no hashed block
+    // free yet: to the head), 3, then (shared, freed with b) b's 5, 2, 1, 0 —
+    // the prefix is the last to be evicted.
+    assert_eq!(free_list(&kv), vec![4, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 3, 5, 2, 1, 0]);
 
     let hc = chain(&[system, seg(unique_id(3, PROMPT_TAIL), 9)], 4); // 21 tokens
     let mut c = Vec::new();
     assert_eq!(kv.allocate(&mut c, &hc, 21, 0), Some(12));
-    assert_eq!(c, vec![0, 1, 2, 6, 7, 8]);
+    assert_eq!(c, vec![0, 1, 2, 4, 6, 7]);
     assert_eq!(kv.num_free(), 10);
     let s = kv.stats();
     assert_eq!(s, PrefixStats { queries: 3, queried_blocks: 4 + 3 + 5, hit_blocks: 6, evicted_blocks: 0 });
@@ -433,16 +434,28 @@ fn apply(kv: &mut BlockManager, tabs: &mut [Tab], op: &Op, serial: u64) {
         Op::Release { t } => {
             let mut blocks = std::mem::take(&mut tabs[t]).blocks;
             let mut rc = rc0.clone();
-            let mut freed = Vec::new();
+            // A freed block goes to the tail if it holds a hash or a hashed
+            // block is free (strict LRU among what can be hit), else to the
+            // head.
+            let hashed: BTreeSet<BlockId> = map0.values().copied().collect();
+            let mut free_hashed = free0.iter().filter(|b| hashed.contains(b)).count();
+            let mut want: std::collections::VecDeque<BlockId> = free0.iter().copied().collect();
             for &b in blocks.iter().rev() {
                 rc[b as usize] -= 1;
                 if rc[b as usize] == 0 {
-                    freed.push(b);
+                    if hashed.contains(&b) {
+                        free_hashed += 1;
+                        want.push_back(b);
+                    } else if free_hashed > 0 {
+                        want.push_back(b);
+                    } else {
+                        want.push_front(b);
+                    }
                 }
             }
             kv.release(&mut blocks);
             assert!(blocks.is_empty());
-            want_free = free0.iter().copied().chain(freed).collect();
+            want_free = want.into_iter().collect();
         }
     }
     // Exact effects.
