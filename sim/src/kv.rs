@@ -50,9 +50,12 @@ impl Node {
 /// block that a sequence computed is registered under its chained content
 /// hash (`commit`); when freed it keeps the hash and goes to the tail, so
 /// the head is the least recently freed block, the one evicted (its hash
-/// forgotten) when a fresh block is needed. A later request whose leading
-/// hashes are cached takes references on those blocks instead (`allocate`),
-/// so several running sequences can share them.
+/// forgotten) when a fresh block is needed. A freed block without a hash
+/// goes to the tail only while some hashed block is free, else to the head:
+/// eviction among blocks that can be hit stays strict LRU, and blocks that
+/// never can be are reused while warm. A later request whose leading hashes
+/// are cached takes references on those blocks instead (`allocate`), so
+/// several running sequences can share them.
 #[derive(Debug, Clone)]
 pub struct BlockManager {
     block_size: u32,
