@@ -173,6 +173,13 @@ fn print_summary(loaded: &Loaded, s: &Summary) {
     if s.num_preemptions > 0 {
         line("Swapped out / recomputed tokens:", format!("{} / {}", s.swapped_out_tokens, s.recomputed_tokens));
     }
+    if sc.speculative.is_some() {
+        line(
+            "Spec acceptance / tokens per verify:",
+            format!("{:.3} / {:.2}", s.spec_acceptance_rate, s.spec_mean_accepted_length),
+        );
+        line("Spec draft / verify time (%):", format!("{:.1} / {:.1}", 100.0 * s.spec_draft_time_fraction, 100.0 * s.spec_verify_time_fraction));
+    }
     if sc.scheduler.enable_prefix_caching {
         line("Prefix-cache hit rate (%):", format!("{:.1}", 100.0 * s.prefix_cache_hit_rate));
     }
