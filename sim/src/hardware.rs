@@ -83,10 +83,13 @@ impl HardwareError {
     }
 }
 
+/// A catalog row: see `CATALOG`.
+type Row = (&'static str, f64, f64, f64, f64, f64);
+
 /// (name, memory GB (10^9 B), bandwidth GB/s, dense bf16 TFLOPS, host link
 /// GB/s per direction: half the datasheet's bidirectional PCIe figure, GPU
 /// interconnect GB/s per direction: half the datasheet's NVLink total).
-const CATALOG: [(&str, f64, f64, f64, f64, f64); 4] = [
+const CATALOG: [Row; 4] = [
     // NVIDIA H100 Tensor Core GPU datasheet (SXM): 80 GB HBM3, 3.35 TB/s,
     // bf16 1,979 TFLOPS with sparsity = 989.4 dense; PCIe Gen5 128 GB/s.
     // NVLink 4: 900 GB/s.
@@ -114,7 +117,7 @@ impl GpuConfig {
         if base.is_none() && spec.gpu != "custom" {
             return Err(HardwareError::Unknown(spec.gpu.clone()));
         }
-        let pick = |over: Option<f64>, from: fn(&(&str, f64, f64, f64, f64, f64)) -> f64, key, max: f64| {
+        let pick = |over: Option<f64>, from: fn(&Row) -> f64, key, max: f64| {
             let v = over.or(base.map(from)).ok_or(HardwareError::Missing(key))?;
             if !(v.is_finite() && v > 0.0 && v <= max) {
                 return Err(HardwareError::OutOfRange { key, value: v, max });

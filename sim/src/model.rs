@@ -221,7 +221,7 @@ impl ModelConfig {
         let (h, kv, i) = (self.num_attention_heads, self.num_key_value_heads, self.intermediate_size);
         if h % tp != 0 {
             Some(format!("a degree that divides the {h} attention heads, got {tp}"))
-        } else if kv % tp != 0 && tp % kv != 0 {
+        } else if !kv.is_multiple_of(tp) && !tp.is_multiple_of(kv) {
             Some(format!("a degree that divides the {kv} KV heads or is a multiple of them, got {tp}"))
         } else if i % tp != 0 {
             Some(format!("a degree that divides the MLP width {i}, got {tp}"))

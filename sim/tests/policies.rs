@@ -4,7 +4,6 @@
 
 use std::path::PathBuf;
 
-use servetwin_sim::cost::Roofline;
 use servetwin_sim::des::simulate;
 use servetwin_sim::metrics::Summary;
 use servetwin_sim::scenario::load;

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 
-use servetwin_sim::cost::Roofline;
 use servetwin_sim::des::simulate;
 use servetwin_sim::metrics::Summary;
 use servetwin_sim::scenario::{load_str, Loaded, ScenarioError};

@@ -538,7 +538,7 @@ fn new_sections_round_trip_with_defaults_written() {
 
 #[test]
 fn the_simulator_serves_every_turn() {
-    use crate::cost::{CostExecutor, Roofline};
+    use crate::cost::CostExecutor;
     use crate::des::Simulation;
     let run = |workload: &str, set: &[&str]| {
         let toml = format!("[workload]\n{workload}\n[output]\nrequests_csv = false\nsteps_csv = false\n");
