@@ -72,7 +72,7 @@ fn main() {
     let mut summary = None;
     for _ in 0..runs.max(1) {
         let start = Instant::now();
-        let s = simulate(&loaded, || loaded.roofline(), |_| {}, |_| {}).expect("bench runs");
+        let s = simulate(&loaded, || loaded.roofline()).expect("bench runs");
         walls.push(start.elapsed().as_secs_f64());
         assert!(summary.as_ref().is_none_or(|prev| prev == &s), "same scenario and seed, same results");
         summary = Some(s);

@@ -275,13 +275,7 @@ impl<E: Executor> Simulation<E> {
 }
 
 /// Simulates a loaded scenario with one cost-model executor per replica.
-pub fn simulate<C: CostModel>(
-    loaded: &Loaded,
-    cost: impl Fn() -> C,
-    configure: impl FnOnce(&mut Metrics),
-    progress: impl FnMut(u64),
-) -> Result<Summary, SimError> {
-    let mut sim = Simulation::new(loaded, |_| crate::cost::CostExecutor { model: cost() })?;
-    configure(&mut sim.metrics);
-    sim.run(progress)
+pub fn simulate<C: CostModel>(loaded: &Loaded, cost: impl Fn() -> C) -> Result<Summary, SimError> {
+    // Drivers that write a run directory or show progress use `Simulation`.
+    Simulation::new(loaded, |_| crate::cost::CostExecutor { model: cost() })?.run(|_| {})
 }

@@ -21,7 +21,7 @@ fn run_with(name: &str, set: &[&str], n: u64) -> Summary {
     ];
     all.extend(set.iter().map(|s| s.to_string()));
     let l = load(&path, &all, None).unwrap_or_else(|e| panic!("{e}"));
-    let s = simulate(&l, || l.roofline(), |_| {}, |_| {}).unwrap();
+    let s = simulate(&l, || l.roofline()).unwrap();
     assert_eq!(s.completed, n, "{name} {set:?}: every request completes");
     s
 }

@@ -14,7 +14,7 @@ fn load(toml: &str, set: &[String]) -> Result<Loaded, ScenarioError> {
 }
 
 fn run(l: &Loaded) -> Summary {
-    simulate(l, || l.roofline(), |_| {}, |_| {}).unwrap()
+    simulate(l, || l.roofline()).unwrap()
 }
 
 /// 8 requests of 20,000 output tokens each: ~10⁵ verifies, and the last

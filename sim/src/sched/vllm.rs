@@ -184,16 +184,23 @@ mod tests {
         assert!(!plan_once(&limits(1), &mut q, &mut kv).0.is_empty());
     }
 
-    #[test]
-    fn out_of_blocks_preempts_the_newest_then_itself() {
+    /// Requests 0 and 1 admitted by `p` into a 4-block pool (2 blocks each),
+    /// both with 21 known tokens: each next decode needs a third block.
+    fn two_outgrowing_the_pool(p: &mut Vllm) -> (Queues, BlockManager) {
         let mut kv = BlockManager::new(4, 10);
         let mut q = Queues::default();
         q.waiting.extend([seq(0, 20), seq(1, 20)]);
-        plan_once(&limits(0), &mut q, &mut kv);
+        plan_with(p, &limits(0), &mut q, &mut kv);
         for s in &mut q.running {
             s.computed = 20;
-            s.generated = 1; // 21 known tokens: the next decode needs a third block
+            s.generated = 1;
         }
+        (q, kv)
+    }
+
+    #[test]
+    fn out_of_blocks_preempts_the_newest_then_itself() {
+        let (mut q, mut kv) = two_outgrowing_the_pool(&mut Vllm::new(Preemption::Recompute, 0));
         let (plan, preempted) = plan_once(&limits(0), &mut q, &mut kv);
         assert_eq!(preempted, 1);
         assert_eq!(plan.preempted, vec![1]);
@@ -204,15 +211,8 @@ mod tests {
 
     #[test]
     fn swap_moves_kv_out_and_back_in_and_falls_back_to_recompute_when_host_is_full() {
-        let mut kv = BlockManager::new(4, 10);
-        let mut q = Queues::default();
         let mut p = Vllm::new(Preemption::Swap, 2);
-        q.waiting.extend([seq(0, 20), seq(1, 20)]);
-        plan_with(&mut p, &limits(0), &mut q, &mut kv);
-        for s in &mut q.running {
-            s.computed = 20;
-            s.generated = 1;
-        }
+        let (mut q, mut kv) = two_outgrowing_the_pool(&mut p);
         // Request 1 (2 blocks) fits the 2-block host space: swapped, not dropped.
         let (plan, _) = plan_with(&mut p, &limits(0), &mut q, &mut kv);
         assert_eq!((plan.preempted.clone(), plan.swap_out_tokens, plan.recompute_tokens), (vec![1], 20, 0));
@@ -224,15 +224,8 @@ mod tests {
         assert_eq!((plan.swap_in_tokens, plan.items.len(), plan.items[0].context_tokens), (20, 1, 20));
         assert!(q.swapped.is_empty());
         // With no host room left, a victim is recomputed instead.
-        let mut kv = BlockManager::new(4, 10);
-        let mut q = Queues::default();
         let mut p = Vllm::new(Preemption::Swap, 0);
-        q.waiting.extend([seq(0, 20), seq(1, 20)]);
-        plan_with(&mut p, &limits(0), &mut q, &mut kv);
-        for s in &mut q.running {
-            s.computed = 20;
-            s.generated = 1;
-        }
+        let (mut q, mut kv) = two_outgrowing_the_pool(&mut p);
         let (plan, _) = plan_with(&mut p, &limits(0), &mut q, &mut kv);
         assert_eq!((plan.swap_out_tokens, plan.recompute_tokens), (0, 20));
     }
