@@ -41,6 +41,25 @@ pub struct ModelSpec {
     pub max_position_embeddings: Option<u32>,
     pub tie_word_embeddings: Option<bool>,
     pub dtype: Option<Dtype>,
+    /// RoPE base frequency (`rope_theta` in config.json).
+    pub rope_theta: Option<f64>,
+    /// Llama-3 RoPE frequency scaling (`rope_scaling` with `rope_type =
+    /// "llama3"`); absent: plain RoPE.
+    pub rope_scaling: Option<RopeScaling>,
+    pub rms_norm_eps: Option<f64>,
+}
+
+/// Llama-3's RoPE frequency scaling: wavelengths longer than the original
+/// context / `low_freq_factor` are divided by `factor`, shorter than
+/// original / `high_freq_factor` kept, and blended in between
+/// (transformers `_compute_llama3_parameters`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RopeScaling {
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: u32,
 }
 
 impl Default for ModelSpec {
@@ -57,6 +76,9 @@ impl Default for ModelSpec {
             max_position_embeddings: None,
             tie_word_embeddings: None,
             dtype: None,
+            rope_theta: None,
+            rope_scaling: None,
+            rms_norm_eps: None,
         }
     }
 }
@@ -80,6 +102,9 @@ pub struct ModelConfig {
     pub max_position_embeddings: u32,
     pub tie_word_embeddings: bool,
     pub dtype: Dtype,
+    pub rope_theta: f64,
+    pub rope_scaling: Option<RopeScaling>,
+    pub rms_norm_eps: f64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -90,6 +115,8 @@ pub enum ModelError {
     Missing(&'static str),
     #[error("model.{0}: must be at least 1")]
     Zero(&'static str),
+    #[error("model.{0}: must be a positive number")]
+    NotPositive(&'static str),
     #[error("model.num_attention_heads ({heads}) must be a multiple of model.num_key_value_heads ({kv})")]
     Gqa { heads: u32, kv: u32 },
 }
@@ -99,7 +126,7 @@ impl ModelError {
     pub fn key(&self) -> String {
         match self {
             ModelError::Unknown(_) => "model.name".into(),
-            ModelError::Missing(k) | ModelError::Zero(k) => format!("model.{k}"),
+            ModelError::Missing(k) | ModelError::Zero(k) | ModelError::NotPositive(k) => format!("model.{k}"),
             ModelError::Gqa { .. } => "model.num_key_value_heads".into(),
         }
     }
@@ -139,6 +166,22 @@ const CATALOG: [(&str, [u32; 7], bool); 5] = [
     entry("qwen2.5-7b", 28, 3584, 18944, 28, 4, 152_064, 32_768, false),
 ];
 
+/// Llama-3.1's rope_scaling block (its config.json); Llama-3.2 uses factor 32.
+const LLAMA3_ROPE: RopeScaling =
+    RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 };
+
+/// (rope_theta, rms_norm_eps, rope_scaling) of a catalog entry, from the
+/// same config.json files as `CATALOG`.
+fn rope_and_norm(name: &str) -> Option<(f64, f64, Option<RopeScaling>)> {
+    Some(match name {
+        "llama-3.1-8b" | "llama-3.1-70b" => (500_000.0, 1e-5, Some(LLAMA3_ROPE)),
+        "llama-3.2-1b" => (500_000.0, 1e-5, Some(RopeScaling { factor: 32.0, ..LLAMA3_ROPE })),
+        "mistral-7b-v0.3" => (1_000_000.0, 1e-5, None),
+        "qwen2.5-7b" => (1_000_000.0, 1e-6, None),
+        _ => return None,
+    })
+}
+
 impl ModelConfig {
     pub fn resolve(spec: &ModelSpec) -> Result<ModelConfig, ModelError> {
         let base = CATALOG.iter().find(|(n, _, _)| *n == spec.name);
@@ -154,6 +197,8 @@ impl ModelConfig {
             }
             Ok(v)
         };
+        let rope = rope_and_norm(&spec.name);
+        let positive = |v: f64, key: &'static str| if v > 0.0 && v.is_finite() { Ok(v) } else { Err(ModelError::NotPositive(key)) };
         let hidden_size = pick(spec.hidden_size, 1, "hidden_size")?;
         let num_attention_heads = pick(spec.num_attention_heads, 3, "num_attention_heads")?;
         let num_key_value_heads = pick(spec.num_key_value_heads, 4, "num_key_value_heads")?;
@@ -180,6 +225,16 @@ impl ModelConfig {
                 .or(base.map(|(_, _, t)| *t))
                 .ok_or(ModelError::Missing("tie_word_embeddings"))?,
             dtype: spec.dtype.unwrap_or(Dtype::Bf16),
+            // A custom model without these gets Llama-2's defaults (theta
+            // 10,000, eps 1e-5: transformers' LlamaConfig).
+            rope_theta: positive(spec.rope_theta.or(rope.map(|r| r.0)).unwrap_or(10_000.0), "rope_theta")?,
+            rms_norm_eps: positive(spec.rms_norm_eps.or(rope.map(|r| r.1)).unwrap_or(1e-5), "rms_norm_eps")?,
+            rope_scaling: match spec.rope_scaling.or(rope.and_then(|r| r.2)) {
+                Some(r) if !(r.factor >= 1.0 && r.low_freq_factor > 0.0 && r.high_freq_factor > r.low_freq_factor && r.original_max_position_embeddings > 0) => {
+                    return Err(ModelError::NotPositive("rope_scaling (factor ≥ 1, 0 < low_freq_factor < high_freq_factor, original_max_position_embeddings ≥ 1)"))
+                }
+                r => r,
+            },
         })
     }
 
@@ -197,6 +252,9 @@ impl ModelConfig {
             max_position_embeddings: Some(self.max_position_embeddings),
             tie_word_embeddings: Some(self.tie_word_embeddings),
             dtype: Some(self.dtype),
+            rope_theta: Some(self.rope_theta),
+            rope_scaling: self.rope_scaling,
+            rms_norm_eps: Some(self.rms_norm_eps),
         }
     }
 
