@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hardware::GpuConfig;
 use crate::model::ModelConfig;
-use crate::step::{BatchShape, Executor, StepOutcome, StepPlan};
+use crate::step::{BatchShape, Executor, Step, StepOutcome};
 
 /// `[cost]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,8 +212,8 @@ pub struct CostExecutor<C: CostModel> {
 }
 
 impl<C: CostModel> Executor for CostExecutor<C> {
-    fn execute(&mut self, plan: &StepPlan, outcome: &mut StepOutcome) {
-        outcome.duration_ns = self.model.step_cost(&plan.shape()).duration_ns;
+    fn execute(&mut self, step: Step<'_>, outcome: &mut StepOutcome) {
+        outcome.duration_ns = self.model.step_cost(&step.plan.shape()).duration_ns;
         outcome.token_ids.clear();
         // Only the target's forward: speculation, when on, is completed by
         // `spec::SimSpeculator` (drafting time, acceptance draws).
@@ -227,7 +227,7 @@ mod tests {
     use super::*;
     use crate::hardware::HardwareSpec;
     use crate::model::ModelSpec;
-    use crate::step::PlanItem;
+    use crate::step::{PlanItem, StepPlan};
 
     fn roofline(spec: &CostSpec) -> (Roofline, ModelConfig, GpuConfig) {
         let m = ModelConfig::resolve(&ModelSpec::default()).unwrap();

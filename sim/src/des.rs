@@ -16,7 +16,7 @@ use crate::replica::{Planned, Replica};
 use crate::scenario::Loaded;
 use crate::sched::new_policy;
 use crate::spec::SimSpeculator;
-use crate::step::{Executor, StepOutcome};
+use crate::step::{Executor, Step, StepOutcome};
 use crate::workload::{ArrivalMode, Request, Workload, WorkloadError};
 
 #[derive(Debug, thiserror::Error)]
@@ -180,7 +180,16 @@ impl<E: Executor> Simulation<E> {
 
     /// Runs to completion; `progress` hears the number of requests that
     /// have left the system after each event that changed it.
-    pub fn run(&mut self, mut progress: impl FnMut(u64)) -> Result<Summary, SimError> {
+    pub fn run(&mut self, progress: impl FnMut(u64)) -> Result<Summary, SimError> {
+        self.run_paced(progress, |_| {})
+    }
+
+    /// `run`, calling `pace(t)` before handling each event at time `t`. The
+    /// engine's wall-clock driver sleeps there until `t` (its executors
+    /// report durations that end steps at the wall-clock time they ended),
+    /// so arrivals are released when they are due and the same event loop
+    /// runs in simulated and in real time.
+    pub fn run_paced(&mut self, mut progress: impl FnMut(u64), mut pace: impl FnMut(u64)) -> Result<Summary, SimError> {
         match self.mode {
             ArrivalMode::Open => self.release_next(None)?,
             ArrivalMode::ClosedLoop { concurrency, .. } => {
@@ -191,6 +200,7 @@ impl<E: Executor> Simulation<E> {
         }
         while let Some(Reverse(ev)) = self.events.pop() {
             debug_assert!(ev.time_ns >= self.now_ns, "simulated time is monotone");
+            pace(ev.time_ns);
             self.now_ns = ev.time_ns;
             let now = ev.time_ns;
             let r = match ev.what {
@@ -228,7 +238,9 @@ impl<E: Executor> Simulation<E> {
         }
         match self.replicas[r].schedule(now, &mut self.metrics)? {
             Planned::Run => {
-                self.executors[r].execute(self.replicas[r].plan(), &mut self.outcomes[r]);
+                let rep = &self.replicas[r];
+                let step = Step { now_ns: now, plan: rep.plan(), running: &rep.queues().running };
+                self.executors[r].execute(step, &mut self.outcomes[r]);
                 if let Some(sp) = self.speculators.get_mut(r) {
                     sp.complete(self.replicas[r].plan(), &mut self.outcomes[r]);
                 }

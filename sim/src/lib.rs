@@ -4,6 +4,7 @@
 
 pub mod cost;
 pub mod des;
+pub mod engine_spec;
 pub mod hardware;
 pub mod kv;
 pub mod metrics;

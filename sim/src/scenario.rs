@@ -48,6 +48,10 @@ pub struct Scenario {
     /// Speculative decoding; absent: off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub speculative: Option<SpeculativeSpec>,
+    /// The real engine's settings (weights, sampling); the simulator
+    /// ignores them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<crate::engine_spec::EngineSpec>,
 }
 
 /// `[parallelism]`. Data parallelism is `hardware.count`; tensor and
@@ -260,6 +264,10 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         let p = base_dir.join(&t.path);
         t.path = std::path::absolute(&p).unwrap_or(p);
     }
+    if let Some(w) = s.engine.as_mut().and_then(|e| e.weights.as_mut()) {
+        let p = base_dir.join(&*w);
+        *w = std::path::absolute(&p).unwrap_or(p);
+    }
     // Open the workload once now so a missing or malformed trace is reported
     // as bad input against its key, before any output is written.
     Workload::open(&s.workload, s.seed, max_model_len, &base_dir)
@@ -314,6 +322,9 @@ fn validate(s: &Scenario) -> Result<(), (String, String)> {
     s.routing.validate()?;
     s.cost.validate()?;
     s.slo.validate()?;
+    if let Some(e) = &s.engine {
+        e.validate()?;
+    }
     s.workload.validate().map_err(|e| match e {
         WorkloadError::Invalid { key, value, expected } => (key, format!("expected {expected}, got {value}")),
         other => ("workload".into(), other.to_string()),

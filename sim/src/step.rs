@@ -139,10 +139,47 @@ pub struct StepOutcome {
     pub draft_ns: u64,
 }
 
+/// What an executor is handed for one step: the plan, the replica's running
+/// sequences it indexes (`PlanItem::slot`; block tables and content live
+/// there), and the time the step starts.
+#[derive(Clone, Copy)]
+pub struct Step<'a> {
+    pub now_ns: u64,
+    pub plan: &'a StepPlan,
+    pub running: &'a [crate::sched::Seq],
+}
+
 /// Runs (or costs) one step. The simulator's executor asks a cost model;
 /// the engine's runs a forward pass and times it.
 pub trait Executor {
-    fn execute(&mut self, plan: &StepPlan, outcome: &mut StepOutcome);
+    fn execute(&mut self, step: Step<'_>, outcome: &mut StepOutcome);
+}
+
+/// Replays recorded step durations in order (an engine run's steps.csv), so
+/// the simulator retraces a measured run: given the same durations, the
+/// shared scheduler must make the same decisions (the conformance check).
+/// Past the end of the record it falls back to 1 ns steps and counts them.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayExecutor {
+    pub durations_ns: Vec<u64>,
+    pub next: usize,
+    pub overrun: u64,
+}
+
+impl Executor for ReplayExecutor {
+    fn execute(&mut self, _step: Step<'_>, outcome: &mut StepOutcome) {
+        outcome.duration_ns = match self.durations_ns.get(self.next) {
+            Some(&d) => d,
+            None => {
+                self.overrun += 1;
+                1
+            }
+        };
+        self.next += 1;
+        outcome.token_ids.clear();
+        outcome.emitted.clear();
+        outcome.draft_ns = 0;
+    }
 }
 
 #[cfg(test)]
