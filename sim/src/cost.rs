@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::hardware::GpuConfig;
 use crate::model::ModelConfig;
-use crate::step::{BatchShape, Executor, Step, StepOutcome};
+use crate::step::{BatchShape, ExecuteError, Executor, Step, StepOutcome};
 
 /// `[cost]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,13 +212,14 @@ pub struct CostExecutor<C: CostModel> {
 }
 
 impl<C: CostModel> Executor for CostExecutor<C> {
-    fn execute(&mut self, step: Step<'_>, outcome: &mut StepOutcome) {
+    fn execute(&mut self, step: Step<'_>, outcome: &mut StepOutcome) -> Result<(), ExecuteError> {
         outcome.duration_ns = self.model.step_cost(&step.plan.shape()).duration_ns;
         outcome.token_ids.clear();
         // Only the target's forward: speculation, when on, is completed by
         // `spec::SimSpeculator` (drafting time, acceptance draws).
         outcome.emitted.clear();
         outcome.draft_ns = 0;
+        Ok(())
     }
 }
 

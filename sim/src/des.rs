@@ -25,6 +25,8 @@ pub enum SimError {
     Workload(#[from] WorkloadError),
     #[error("writing run output: {0}")]
     Output(#[from] csv::Error),
+    #[error("executing a step: {0}")]
+    Execute(#[from] crate::step::ExecuteError),
 }
 
 /// Ordered by (time, kind, seq): at equal times steps complete before new
@@ -142,6 +144,10 @@ impl<E: Executor> Simulation<E> {
         })
     }
 
+    pub fn executors_mut(&mut self) -> &mut [E] {
+        &mut self.executors
+    }
+
     pub fn replicas(&self) -> &[Replica] {
         &self.replicas
     }
@@ -240,7 +246,7 @@ impl<E: Executor> Simulation<E> {
             Planned::Run => {
                 let rep = &self.replicas[r];
                 let step = Step { now_ns: now, plan: rep.plan(), running: &rep.queues().running };
-                self.executors[r].execute(step, &mut self.outcomes[r]);
+                self.executors[r].execute(step, &mut self.outcomes[r])?;
                 if let Some(sp) = self.speculators.get_mut(r) {
                     sp.complete(self.replicas[r].plan(), &mut self.outcomes[r]);
                 }

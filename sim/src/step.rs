@@ -152,8 +152,13 @@ pub struct Step<'a> {
 /// Runs (or costs) one step. The simulator's executor asks a cost model;
 /// the engine's runs a forward pass and times it.
 pub trait Executor {
-    fn execute(&mut self, step: Step<'_>, outcome: &mut StepOutcome);
+    fn execute(&mut self, step: Step<'_>, outcome: &mut StepOutcome) -> Result<(), ExecuteError>;
 }
+
+/// A step that could not run (the engine's backend failed); the run stops.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ExecuteError(pub String);
 
 /// Replays recorded step durations in order (an engine run's steps.csv), so
 /// the simulator retraces a measured run: given the same durations, the
@@ -167,7 +172,7 @@ pub struct ReplayExecutor {
 }
 
 impl Executor for ReplayExecutor {
-    fn execute(&mut self, _step: Step<'_>, outcome: &mut StepOutcome) {
+    fn execute(&mut self, _step: Step<'_>, outcome: &mut StepOutcome) -> Result<(), ExecuteError> {
         outcome.duration_ns = match self.durations_ns.get(self.next) {
             Some(&d) => d,
             None => {
@@ -179,6 +184,7 @@ impl Executor for ReplayExecutor {
         outcome.token_ids.clear();
         outcome.emitted.clear();
         outcome.draft_ns = 0;
+        Ok(())
     }
 }
 

@@ -1,0 +1,166 @@
+//! Model weights on the host, by their HuggingFace names: drawn at random
+//! from the seed (vLLM's `--load-format dummy`), or read from a model
+//! directory's *.safetensors files (bf16, f16 or f32; sharded or not) and
+//! checked tensor by tensor against the model's shape.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use safetensors::{Dtype, SafeTensors};
+use servetwin_sim::model::ModelConfig;
+use servetwin_sim::prefix::mix64;
+
+use crate::{EngineError, Result};
+
+/// One tensor: its shape and row-major f32 values.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HostWeights {
+    pub tensors: BTreeMap<String, HostTensor>,
+}
+
+/// Every tensor a Llama checkpoint holds, with its shape.
+pub fn expected_tensors(m: &ModelConfig) -> Vec<(String, Vec<usize>)> {
+    let (h, i, v) = (m.hidden_size as usize, m.intermediate_size as usize, m.vocab_size as usize);
+    let (q, kv) = (m.q_dim() as usize, m.kv_dim() as usize);
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, h])];
+    for l in 0..m.num_layers {
+        let p = format!("model.layers.{l}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, h]));
+        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, h]));
+        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, h]));
+        out.push((format!("{p}.self_attn.o_proj.weight"), vec![h, q]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![h]));
+        out.push((format!("{p}.mlp.gate_proj.weight"), vec![i, h]));
+        out.push((format!("{p}.mlp.up_proj.weight"), vec![i, h]));
+        out.push((format!("{p}.mlp.down_proj.weight"), vec![h, i]));
+    }
+    out.push(("model.norm.weight".into(), vec![h]));
+    if !m.tie_word_embeddings {
+        out.push(("lm_head.weight".into(), vec![v, h]));
+    }
+    out
+}
+
+impl HostWeights {
+    /// Norm weights 1; every other tensor uniform with mean 0 and standard
+    /// deviation `std`, from a ChaCha stream per tensor keyed by the seed
+    /// and the tensor's name (so a tensor does not change when others do).
+    pub fn dummy(m: &ModelConfig, seed: u64, std: f64) -> HostWeights {
+        let half_width = (std * 3f64.sqrt()) as f32; // U(−a, a) has σ = a/√3
+        let tensors = expected_tensors(m)
+            .into_iter()
+            .map(|(name, shape)| {
+                let n = shape.iter().product();
+                let data = if name.ends_with("norm.weight") {
+                    vec![1.0; n]
+                } else {
+                    let key = name.bytes().fold(mix64(seed ^ 0xD0_33E5), |h, b| mix64(h ^ b as u64));
+                    let mut rng = ChaCha8Rng::seed_from_u64(key);
+                    (0..n).map(|_| rng.random_range(-half_width..half_width)).collect()
+                };
+                (name, HostTensor { shape, data })
+            })
+            .collect();
+        HostWeights { tensors }
+    }
+
+    /// Reads every *.safetensors file in `dir` and checks the result against
+    /// `m`: each expected tensor present with its shape (extra tensors, such
+    /// as rotary caches, are ignored).
+    pub fn load_safetensors(dir: &Path, m: &ModelConfig) -> Result<HostWeights> {
+        let err = |path: &Path, msg: String| EngineError::Weights { path: path.to_path_buf(), msg };
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| err(dir, format!("cannot read the model directory: {e}")))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(err(dir, "no *.safetensors files in the model directory".into()));
+        }
+        check_config(dir, m)?;
+        let wanted: BTreeMap<String, Vec<usize>> = expected_tensors(m).into_iter().collect();
+        let mut tensors = BTreeMap::new();
+        for f in &files {
+            let bytes = std::fs::read(f).map_err(|e| err(f, e.to_string()))?;
+            let st = SafeTensors::deserialize(&bytes).map_err(|e| err(f, format!("not a safetensors file: {e}")))?;
+            for (name, view) in st.tensors() {
+                let Some(shape) = wanted.get(&name) else { continue };
+                if view.shape() != shape.as_slice() {
+                    let msg = format!("tensor {name}: expected shape {shape:?} for {}, found {:?}", m.name, view.shape());
+                    return Err(err(f, msg));
+                }
+                let data = to_f32(view.dtype(), view.data()).ok_or_else(|| {
+                    err(f, format!("tensor {name}: dtype {:?} is not supported (expected bf16, f16 or f32)", view.dtype()))
+                })?;
+                tensors.insert(name, HostTensor { shape: shape.clone(), data });
+            }
+        }
+        if let Some(missing) = wanted.keys().find(|k| !tensors.contains_key(*k)) {
+            return Err(err(dir, format!("tensor {missing} is missing (a {} checkpoint needs {} tensors)", m.name, wanted.len())));
+        }
+        Ok(HostWeights { tensors })
+    }
+
+    /// Writes the weights as one bf16 safetensors file (tests, fixtures).
+    pub fn save_safetensors(&self, path: &Path) -> Result<()> {
+        let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .map(|(n, t)| (n.clone(), t.shape.clone(), t.data.iter().flat_map(|x| bf16::from_f32(*x).to_le_bytes()).collect()))
+            .collect();
+        let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
+            .iter()
+            .map(|(n, s, b)| (n.clone(), safetensors::tensor::TensorView::new(Dtype::BF16, s.clone(), b).expect("sizes agree")))
+            .collect();
+        safetensors::serialize_to_file(views, None, path)
+            .map_err(|e| EngineError::Weights { path: path.to_path_buf(), msg: e.to_string() })
+    }
+
+    pub fn get(&self, name: &str) -> &HostTensor {
+        &self.tensors[name]
+    }
+}
+
+fn to_f32(dtype: Dtype, b: &[u8]) -> Option<Vec<f32>> {
+    Some(match dtype {
+        Dtype::F32 => b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        Dtype::BF16 => b.chunks_exact(2).map(|c| bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        Dtype::F16 => b.chunks_exact(2).map(|c| f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
+        _ => return None,
+    })
+}
+
+/// A config.json beside the weights must describe the scenario's model.
+fn check_config(dir: &Path, m: &ModelConfig) -> Result<()> {
+    let path = dir.join("config.json");
+    let Ok(text) = std::fs::read_to_string(&path) else { return Ok(()) };
+    let err = |msg: String| EngineError::Weights { path: path.clone(), msg };
+    let cfg: serde_json::Value = serde_json::from_str(&text).map_err(|e| err(format!("not valid JSON: {e}")))?;
+    let fields = [
+        ("num_hidden_layers", m.num_layers),
+        ("hidden_size", m.hidden_size),
+        ("intermediate_size", m.intermediate_size),
+        ("num_attention_heads", m.num_attention_heads),
+        ("num_key_value_heads", m.num_key_value_heads),
+        ("vocab_size", m.vocab_size),
+    ];
+    for (key, want) in fields {
+        if let Some(got) = cfg.get(key).and_then(|v| v.as_u64()) {
+            if got != want as u64 {
+                return Err(err(format!("{key} is {got}, but the scenario's model has {want} (make [model] match the checkpoint)")));
+            }
+        }
+    }
+    Ok(())
+}
