@@ -11,6 +11,9 @@ use servetwin_sim::des::{SimError, Simulation};
 use servetwin_sim::metrics::Summary;
 use servetwin_sim::output::{open_run_dir, write_summary};
 use servetwin_sim::scenario::{self, Loaded, ScenarioError};
+use servetwin_sim::step::{Executor, ReplayExecutor};
+
+mod engine;
 
 #[derive(Parser)]
 #[command(name = "servetwin", version, about = "Predict how an LLM serving deployment performs")]
@@ -37,6 +40,41 @@ enum Command {
         /// Print nothing but errors.
         #[arg(long, short)]
         quiet: bool,
+        /// Take each step's duration from a run's steps.csv (an engine run of
+        /// this scenario) instead of the cost model: the scheduling then
+        /// retraces that run's, decision for decision.
+        #[arg(long, value_name = "RUN_DIR")]
+        replay: Option<PathBuf>,
+    },
+    /// The real engine: run a scenario for real on a backend.
+    #[command(subcommand)]
+    Engine(EngineCommand),
+}
+
+#[derive(Subcommand)]
+enum EngineCommand {
+    /// Execute a scenario on the engine: writes the same run directory as
+    /// `simulate`, with measured step times (plus tokens.jsonl).
+    Run {
+        /// Scenario TOML file.
+        scenario: PathBuf,
+        #[arg(long, value_enum, default_value_t = engine::BackendKind::Cpu)]
+        backend: engine::BackendKind,
+        /// realtime: release requests at their arrival times; offline: all at once.
+        #[arg(long, value_enum, default_value_t = engine::ModeArg::Realtime)]
+        mode: engine::ModeArg,
+        /// Override any scenario key: --set workload.num_requests=50
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Run directory (default: runs/<scenario>/<run-id>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Seed for every random draw (overrides the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
     },
 }
 
@@ -48,7 +86,9 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             let bad_input = e.chain().any(|c| {
-                c.is::<ScenarioError>() || matches!(c.downcast_ref::<SimError>(), Some(SimError::Workload(_)))
+                c.is::<ScenarioError>()
+                    || matches!(c.downcast_ref::<SimError>(), Some(SimError::Workload(_)))
+                    || c.downcast_ref::<servetwin_engine::EngineError>().is_some_and(|e| e.is_bad_input())
             });
             ExitCode::from(if bad_input { 2 } else { 1 })
         }
@@ -57,12 +97,47 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Simulate { scenario, set, out, seed, quiet } => {
+        Command::Simulate { scenario, set, out, seed, quiet, replay } => {
             let loaded = scenario::load(&scenario, &set, seed)?;
             let dir = out.unwrap_or_else(|| default_run_dir(&loaded.name));
-            let summary = run_simulation(&loaded, &dir, quiet)?;
+            let summary = match replay {
+                None => {
+                    let cost = || loaded.roofline();
+                    let mut sim = Simulation::new(&loaded, |_| CostExecutor { model: cost() })?;
+                    run_to_dir(&loaded, &dir, quiet, 1024, &mut sim, |_| {}, |_| Ok(()))?
+                }
+                Some(run) => {
+                    if loaded.replicas != 1 {
+                        anyhow::bail!("--replay retraces a one-replica run; this scenario has {} replicas", loaded.replicas);
+                    }
+                    let steps = run.join("steps.csv");
+                    let replay = ReplayExecutor::from_steps_csv(&steps).with_context(|| format!("reading {}", steps.display()))?;
+                    let recorded = replay.durations_ns.len();
+                    let mut sim = Simulation::new(&loaded, |_| replay.clone())?;
+                    let summary = run_to_dir(&loaded, &dir, quiet, 1024, &mut sim, |_| {}, |_| Ok(()))?;
+                    let used = sim.executors_mut().iter().map(|e| e.next).sum::<usize>();
+                    if used != recorded {
+                        anyhow::bail!(
+                            "the replay took {used} steps where {} recorded {recorded}: the scenario (or the code) differs from the recorded run's",
+                            steps.display()
+                        );
+                    }
+                    summary
+                }
+            };
             if !quiet {
-                print_summary(&loaded, &summary);
+                print_summary(&loaded, &summary, "simulation");
+                println!("run written to {}", dir.display());
+            }
+            Ok(())
+        }
+        Command::Engine(EngineCommand::Run { scenario, backend, mode, mut set, out, seed, quiet }) => {
+            set.extend(mode.mode().overrides());
+            let loaded = scenario::load(&scenario, &set, seed)?;
+            let dir = out.unwrap_or_else(|| default_run_dir(&loaded.name));
+            let summary = engine::run(&loaded, &dir, backend, quiet)?;
+            if !quiet {
+                print_summary(&loaded, &summary, "engine run");
                 println!("run written to {}", dir.display());
             }
             Ok(())
@@ -70,21 +145,34 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-fn run_simulation(loaded: &Loaded, dir: &Path, quiet: bool) -> anyhow::Result<Summary> {
-    let cost = || loaded.roofline();
-    let mut sim = Simulation::new(loaded, |_| CostExecutor { model: cost() })?;
+/// Runs `sim` writing `dir`; `pace` is the event loop's pacing hook (the
+/// engine's wall clock), `before` runs once the directory exists. The bar
+/// moves every `progress_every` requests.
+fn run_to_dir<E: Executor>(
+    loaded: &Loaded,
+    dir: &Path,
+    quiet: bool,
+    progress_every: u64,
+    sim: &mut Simulation<E>,
+    pace: impl FnMut(u64),
+    before: impl FnOnce(&mut Simulation<E>) -> anyhow::Result<()>,
+) -> anyhow::Result<Summary> {
     // The directory is made (and an unwritable --out reported) before the
     // run, and removed again if the run fails on bad input halfway.
     let created = !dir.exists();
     open_run_dir(dir, loaded, &mut sim.metrics).context("creating the run directory")?;
+    before(sim)?;
     let bar = (!quiet && std::io::stderr().is_terminal()).then(|| progress_bar(sim.expected_requests()));
-    let summary = sim.run(|done| {
-        if let Some(b) = &bar {
-            if done % 1024 == 0 {
-                b.set_position(done);
+    let summary = sim.run_paced(
+        |done| {
+            if let Some(b) = &bar {
+                if done % progress_every == 0 {
+                    b.set_position(done);
+                }
             }
-        }
-    });
+        },
+        pace,
+    );
     if let Some(b) = bar {
         b.finish_and_clear();
     }
@@ -100,6 +188,8 @@ fn run_simulation(loaded: &Loaded, dir: &Path, quiet: bool) -> anyhow::Result<Su
     write_summary(dir, &summary)?;
     Ok(summary)
 }
+
+
 
 /// A bar when the request count is known, a counter otherwise (a whole trace).
 fn progress_bar(expected: Option<u64>) -> indicatif::ProgressBar {
@@ -125,10 +215,10 @@ fn default_run_dir(name: &str) -> PathBuf {
 }
 
 /// The table vLLM's `bench serve` prints, plus servetwin's system figures.
-fn print_summary(loaded: &Loaded, s: &Summary) {
+fn print_summary(loaded: &Loaded, s: &Summary, what: &str) {
     let sc = &loaded.scenario;
     let line = |k: &str, v: String| println!("{k:<40}{v:>12}");
-    println!("{:=^52}", " servetwin simulation ");
+    println!("{:=^52}", format!(" servetwin {what} "));
     println!(
         "{} on {} × {}, policy {}, {} KV blocks/replica",
         sc.model.name,

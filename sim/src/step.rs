@@ -171,6 +171,26 @@ pub struct ReplayExecutor {
     pub overrun: u64,
 }
 
+impl ReplayExecutor {
+    /// The `duration_ns` column of a run's steps.csv, in row order.
+    pub fn from_steps_csv(path: &std::path::Path) -> Result<Self, csv::Error> {
+        let mut r = csv::Reader::from_path(path)?;
+        let col = r.headers()?.iter().position(|h| h == "duration_ns").ok_or_else(|| {
+            csv::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidData, "no duration_ns column"))
+        })?;
+        let mut durations_ns = Vec::new();
+        for row in r.records() {
+            let row = row?;
+            let d = row[col].parse().map_err(|e| {
+                let line = row.position().map_or(0, |p| p.line());
+                csv::Error::from(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("line {line}: duration_ns: {e}")))
+            })?;
+            durations_ns.push(d);
+        }
+        Ok(ReplayExecutor { durations_ns, ..Default::default() })
+    }
+}
+
 impl Executor for ReplayExecutor {
     fn execute(&mut self, _step: Step<'_>, outcome: &mut StepOutcome) -> Result<(), ExecuteError> {
         outcome.duration_ns = match self.durations_ns.get(self.next) {
