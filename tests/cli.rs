@@ -624,3 +624,22 @@ fn tensor_parallel_replicas_serve_a_model_one_gpu_cannot_hold() {
     expect_bad_input(&body.replace("tp = 4", "tp = 3"), &[], &["parallelism.tp", "divides"]);
     expect_bad_input(&body.replace("tp = 4", "tp = 1"), &[], &["does not fit"]);
 }
+
+#[test]
+fn gpu_catalog_figures_and_price_reach_the_resolved_scenario() {
+    let sets = ["hardware.gpu=mi300x", "hardware.price_usd_per_gpu_hour=1.75", "workload.num_requests=20"];
+    let run = run_ok(&quickstart(), &["-q", "--set", sets[0], "--set", sets[1], "--set", sets[2]]);
+    let resolved = run.resolved();
+    assert_eq!(toml_value(&resolved, "hardware", "memory_gb"), Some("192.0"), "{resolved}");
+    assert_eq!(toml_value(&resolved, "hardware", "topology"), Some("\"mesh\""), "{resolved}");
+    assert_eq!(toml_value(&resolved, "hardware", "price_usd_per_gpu_hour"), Some("1.75"), "{resolved}");
+    // A100 has no fp8 tensor cores: the resolved file says nothing rather than invent one.
+    let a100 = run_ok(&quickstart(), &["-q", "--set", "hardware.gpu=a100-40gb-sxm", "--set", sets[2]]);
+    assert_eq!(toml_value(&a100.resolved(), "hardware", "fp8_tflops"), None);
+    assert_eq!(toml_value(&a100.resolved(), "hardware", "int8_tops"), Some("624.0"));
+    expect_bad_input("[hardware]\ngpu = \"custom\"\nmemory_gb = 80\nmem_bandwidth_gb_per_s = 3000\nbf16_tflops = 900\n", &[], &[
+        "hardware.price_usd_per_gpu_hour",
+        "required for a custom GPU",
+    ]);
+    expect_bad_input("[hardware]\ntopology = \"ring\"\n", &[], &["{file}:2:", "hardware.topology"]);
+}

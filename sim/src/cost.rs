@@ -124,11 +124,13 @@ impl Roofline {
     /// the activations (after attention's output projection and after the
     /// MLP, Megatron-LM), costed as a ring: 2(n−1)/n × bytes over the link
     /// plus a fixed latency; the vocabulary-split logits are gathered once.
+    /// The link is what a collective among `tp` GPUs gets on this GPU's
+    /// fabric (`GpuConfig::collective_bytes_per_s`).
     pub fn sharded(shard: &ModelConfig, gpu: &GpuConfig, spec: &CostSpec, tp: u32) -> Self {
         let model = shard;
         Roofline {
             tp: tp as f64,
-            link_s_per_byte: 1.0 / gpu.interconnect_bytes_per_s,
+            link_s_per_byte: 1.0 / gpu.collective_bytes_per_s(tp),
             allreduce_s: spec.allreduce_latency_us * 1e-6,
             layers: model.num_layers as f64,
             flops_per_s: gpu.bf16_flops_per_s * spec.gemm_efficiency,

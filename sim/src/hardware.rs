@@ -1,6 +1,8 @@
 //! GPUs: the `[hardware]` scenario section and a catalog of datasheet
-//! figures (dense peak FLOPS, HBM capacity and bandwidth) the cost model and
-//! the KV capacity derive from.
+//! figures — dense peak FLOPS per dtype, HBM capacity and bandwidth, the
+//! GPU-to-GPU fabric and its topology, the host link, the inter-node
+//! network and a price per GPU-hour — that the cost model, the KV capacity
+//! and cost reports derive from.
 
 use serde::{Deserialize, Serialize};
 
@@ -16,11 +18,29 @@ pub struct HardwareSpec {
     pub memory_gb: Option<f64>,
     pub mem_bandwidth_gb_per_s: Option<f64>,
     pub bf16_tflops: Option<f64>,
+    /// Dense fp8 tensor-core peak; absent on a GPU without fp8 GEMMs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp8_tflops: Option<f64>,
+    /// Dense int8 tensor-core peak (TOPS); absent on a GPU without them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub int8_tops: Option<f64>,
     /// Host link (PCIe) bandwidth per direction, for KV swapping.
     pub host_link_gb_per_s: Option<f64>,
     /// GPU-to-GPU bandwidth per direction (NVLink, else PCIe), for tensor
     /// parallelism's all-reduces.
     pub interconnect_gb_per_s: Option<f64>,
+    /// How the GPUs of a node are wired (see `Topology`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topology: Option<Topology>,
+    /// GPUs one node (one NVLink/xGMI domain) holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus_per_node: Option<u32>,
+    /// Inter-node network bandwidth per GPU per direction (its NIC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_gb_per_s: Option<f64>,
+    /// What one GPU costs an hour, for cost reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price_usd_per_gpu_hour: Option<f64>,
 }
 
 impl Default for HardwareSpec {
@@ -31,8 +51,14 @@ impl Default for HardwareSpec {
             memory_gb: None,
             mem_bandwidth_gb_per_s: None,
             bf16_tflops: None,
+            fp8_tflops: None,
+            int8_tops: None,
             host_link_gb_per_s: None,
             interconnect_gb_per_s: None,
+            topology: None,
+            gpus_per_node: None,
+            network_gb_per_s: None,
+            price_usd_per_gpu_hour: None,
         }
     }
 }
@@ -48,6 +74,32 @@ fn one() -> u32 {
 /// Replicas one simulation holds (each keeps its own KV pool in memory).
 pub const MAX_GPUS: u32 = 4096;
 
+/// How the GPUs of one node reach each other, which sets the bandwidth a
+/// collective among `n` of them gets (`GpuConfig::collective_bytes_per_s`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Topology {
+    /// NVSwitch: every GPU reaches every other at its full link figure.
+    Switch,
+    /// Point-to-point links to each other GPU of the node (xGMI on MI300X
+    /// platforms): the link figure is the sum over the node's peers, and a
+    /// group of `n` uses the links to its `n − 1` peers.
+    Mesh,
+    /// A bridge joins GPUs in pairs (H100 PCIe's NVLink bridge); a larger
+    /// group falls back to the host link.
+    Pairs,
+    /// No GPU fabric: peers talk over PCIe at the link figure.
+    Pcie,
+}
+
+/// Element type a tensor-core GEMM runs in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MathDtype {
+    Bf16,
+    Fp8,
+    Int8,
+}
+
 /// One GPU's figures in base units.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GpuConfig {
@@ -58,11 +110,20 @@ pub struct GpuConfig {
     pub bf16_flops_per_s: f64,
     pub host_link_bytes_per_s: f64,
     pub interconnect_bytes_per_s: f64,
+    /// Dense fp8 peak; `None` where the GPU has no fp8 tensor cores.
+    pub fp8_flops_per_s: Option<f64>,
+    /// Dense int8 peak (ops/s); `None` where unsupported.
+    pub int8_ops_per_s: Option<f64>,
+    pub topology: Topology,
+    pub gpus_per_node: u32,
+    /// Per GPU, per direction, between nodes.
+    pub network_bytes_per_s: f64,
+    pub price_usd_per_gpu_hour: f64,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum HardwareError {
-    #[error("hardware.gpu: unknown GPU {0:?}; expected one of h100-sxm, h200, a100-80gb-sxm, l40s, or \"custom\" with every figure given")]
+    #[error("hardware.gpu: unknown GPU {0:?}; expected one of {CATALOG_NAMES}, or \"custom\" with every figure given")]
     Unknown(String),
     #[error("hardware.{0}: required for a custom GPU")]
     Missing(&'static str),
@@ -70,6 +131,8 @@ pub enum HardwareError {
     OutOfRange { key: &'static str, value: f64, max: f64 },
     #[error("hardware.count: must be between 1 and {MAX_GPUS}, got {0}")]
     BadCount(u32),
+    #[error("hardware.gpus_per_node: must be between 1 and {MAX_GPUS}, got {0}")]
+    BadNode(u32),
 }
 
 impl HardwareError {
@@ -79,64 +142,236 @@ impl HardwareError {
             HardwareError::Unknown(_) => "hardware.gpu".into(),
             HardwareError::Missing(k) | HardwareError::OutOfRange { key: k, .. } => format!("hardware.{k}"),
             HardwareError::BadCount(_) => "hardware.count".into(),
+            HardwareError::BadNode(_) => "hardware.gpus_per_node".into(),
         }
     }
 }
 
-/// A catalog row: see `CATALOG`.
-type Row = (&'static str, f64, f64, f64, f64, f64);
+/// A catalog row in the scenario's units: GB (10^9 B), GB/s per direction
+/// (half a datasheet's bidirectional figure), dense TFLOPS (half the "with
+/// sparsity" figure datasheets headline).
+struct Entry {
+    name: &'static str,
+    memory_gb: f64,
+    bandwidth_gb_per_s: f64,
+    bf16_tflops: f64,
+    fp8_tflops: Option<f64>,
+    int8_tops: Option<f64>,
+    host_link_gb_per_s: f64,
+    interconnect_gb_per_s: f64,
+    topology: Topology,
+    gpus_per_node: u32,
+    network_gb_per_s: f64,
+    price_usd_per_gpu_hour: f64,
+}
 
-/// (name, memory GB (10^9 B), bandwidth GB/s, dense bf16 TFLOPS, host link
-/// GB/s per direction: half the datasheet's bidirectional PCIe figure, GPU
-/// interconnect GB/s per direction: half the datasheet's NVLink total).
-const CATALOG: [Row; 4] = [
-    // NVIDIA H100 Tensor Core GPU datasheet (SXM): 80 GB HBM3, 3.35 TB/s,
-    // bf16 1,979 TFLOPS with sparsity = 989.4 dense; PCIe Gen5 128 GB/s.
-    // NVLink 4: 900 GB/s.
-    ("h100-sxm", 80.0, 3350.0, 989.4, 64.0, 450.0),
-    // NVIDIA H200 datasheet: 141 GB HBM3e, 4.8 TB/s, same compute as H100
-    // SXM, PCIe Gen5 128 GB/s.
-    // NVLink 4: 900 GB/s.
-    ("h200", 141.0, 4800.0, 989.4, 64.0, 450.0),
-    // NVIDIA A100 datasheet (80GB SXM): 2,039 GB/s, bf16 312 TFLOPS dense,
-    // PCIe Gen4 64 GB/s.
-    // NVLink 3: 600 GB/s.
-    ("a100-80gb-sxm", 80.0, 2039.0, 312.0, 32.0, 300.0),
-    // NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s, bf16 733 TFLOPS with
-    // sparsity = 362.05 dense; PCIe Gen4 x16 64 GB/s.
-    // No NVLink: peers talk over PCIe.
-    ("l40s", 48.0, 864.0, 362.05, 32.0, 32.0),
+const CATALOG_NAMES: &str = "h100-sxm, h100-pcie, h200, b200, a100-80gb-sxm, a100-40gb-sxm, l40s, mi300x";
+
+/// Prices are assumptions: representative 2025 on-demand cloud rates per
+/// GPU (they vary by provider, region and commitment by 2× or more) — set
+/// `hardware.price_usd_per_gpu_hour` to a real quote.
+const CATALOG: [Entry; 8] = [
+    Entry {
+        name: "h100-sxm",
+        // NVIDIA H100 Tensor Core GPU datasheet (SXM): 80 GB HBM3, 3.35 TB/s;
+        // bf16 1,979 / fp8 3,958 / int8 3,958 with sparsity; PCIe Gen5 128
+        // GB/s; NVLink 4 900 GB/s through NVSwitch (HGX H100, 8 GPUs).
+        memory_gb: 80.0,
+        bandwidth_gb_per_s: 3350.0,
+        bf16_tflops: 989.4,
+        fp8_tflops: Some(1978.9),
+        int8_tops: Some(1978.9),
+        host_link_gb_per_s: 64.0,
+        interconnect_gb_per_s: 450.0,
+        topology: Topology::Switch,
+        gpus_per_node: 8,
+        // DGX H100 datasheet: 8× ConnectX-7 400 Gb/s, one per GPU.
+        network_gb_per_s: 50.0,
+        price_usd_per_gpu_hour: 3.00, // assumption
+    },
+    Entry {
+        name: "h100-pcie",
+        // NVIDIA H100 datasheet (PCIe, PB-11133): 80 GB HBM2e, 2 TB/s; bf16
+        // 1,513 / fp8 3,026 / int8 3,026 with sparsity; PCIe Gen5 128 GB/s;
+        // a 2-way NVLink bridge, 600 GB/s.
+        memory_gb: 80.0,
+        bandwidth_gb_per_s: 2000.0,
+        bf16_tflops: 756.5,
+        fp8_tflops: Some(1513.0),
+        int8_tops: Some(1513.0),
+        host_link_gb_per_s: 64.0,
+        interconnect_gb_per_s: 300.0,
+        topology: Topology::Pairs,
+        // Assumption: an 8-card PCIe server with a 200 Gb/s NIC per GPU.
+        gpus_per_node: 8,
+        network_gb_per_s: 25.0,
+        price_usd_per_gpu_hour: 2.50, // assumption
+    },
+    Entry {
+        name: "h200",
+        // NVIDIA H200 datasheet (SXM): 141 GB HBM3e, 4.8 TB/s, H100 SXM's
+        // compute; PCIe Gen5 128 GB/s; NVLink 4 900 GB/s (HGX H200, 8 GPUs).
+        memory_gb: 141.0,
+        bandwidth_gb_per_s: 4800.0,
+        bf16_tflops: 989.4,
+        fp8_tflops: Some(1978.9),
+        int8_tops: Some(1978.9),
+        host_link_gb_per_s: 64.0,
+        interconnect_gb_per_s: 450.0,
+        topology: Topology::Switch,
+        gpus_per_node: 8,
+        // DGX H200 datasheet: 8× ConnectX-7 400 Gb/s.
+        network_gb_per_s: 50.0,
+        price_usd_per_gpu_hour: 3.50, // assumption
+    },
+    Entry {
+        name: "b200",
+        // NVIDIA HGX B200 datasheet: 1,440 GB HBM3e and 64 TB/s over 8 GPUs
+        // (180 GB, 8 TB/s each); bf16 4.5 / fp8 9 / int8 9 PFLOPS with
+        // sparsity; NVLink 5 1.8 TB/s through NVSwitch; 0.8 TB/s networking
+        // over 8 GPUs (100 GB/s each, both directions). Host link: PCIe Gen5
+        // x16, 128 GB/s (DGX B200 datasheet).
+        memory_gb: 180.0,
+        bandwidth_gb_per_s: 8000.0,
+        bf16_tflops: 2250.0,
+        fp8_tflops: Some(4500.0),
+        int8_tops: Some(4500.0),
+        host_link_gb_per_s: 64.0,
+        interconnect_gb_per_s: 900.0,
+        topology: Topology::Switch,
+        gpus_per_node: 8,
+        network_gb_per_s: 50.0,
+        price_usd_per_gpu_hour: 5.00, // assumption
+    },
+    Entry {
+        name: "a100-80gb-sxm",
+        // NVIDIA A100 datasheet (80GB SXM): 2,039 GB/s; bf16 312 dense, int8
+        // 624 dense (1,248 with sparsity), no fp8; PCIe Gen4 64 GB/s; NVLink 3
+        // 600 GB/s through NVSwitch (HGX A100, 8 GPUs).
+        memory_gb: 80.0,
+        bandwidth_gb_per_s: 2039.0,
+        bf16_tflops: 312.0,
+        fp8_tflops: None,
+        int8_tops: Some(624.0),
+        host_link_gb_per_s: 32.0,
+        interconnect_gb_per_s: 300.0,
+        topology: Topology::Switch,
+        gpus_per_node: 8,
+        // DGX A100 datasheet: 8× ConnectX-6 200 Gb/s HDR, one per GPU.
+        network_gb_per_s: 25.0,
+        price_usd_per_gpu_hour: 1.80, // assumption
+    },
+    Entry {
+        name: "a100-40gb-sxm",
+        // NVIDIA A100 datasheet (40GB SXM): 40 GB HBM2, 1,555 GB/s; compute,
+        // links and fabric as the 80GB SXM.
+        memory_gb: 40.0,
+        bandwidth_gb_per_s: 1555.0,
+        bf16_tflops: 312.0,
+        fp8_tflops: None,
+        int8_tops: Some(624.0),
+        host_link_gb_per_s: 32.0,
+        interconnect_gb_per_s: 300.0,
+        topology: Topology::Switch,
+        gpus_per_node: 8,
+        network_gb_per_s: 25.0,
+        price_usd_per_gpu_hour: 1.30, // assumption
+    },
+    Entry {
+        name: "l40s",
+        // NVIDIA L40S datasheet: 48 GB GDDR6, 864 GB/s; bf16 733 / fp8 1,466
+        // / int8 1,466 with sparsity; PCIe Gen4 x16 64 GB/s; no NVLink, so
+        // peers talk over PCIe.
+        memory_gb: 48.0,
+        bandwidth_gb_per_s: 864.0,
+        bf16_tflops: 362.05,
+        fp8_tflops: Some(733.0),
+        int8_tops: Some(733.0),
+        host_link_gb_per_s: 32.0,
+        interconnect_gb_per_s: 32.0,
+        topology: Topology::Pcie,
+        // Assumption: an 8-card PCIe server with a 200 Gb/s NIC per GPU.
+        gpus_per_node: 8,
+        network_gb_per_s: 25.0,
+        price_usd_per_gpu_hour: 1.50, // assumption
+    },
+    Entry {
+        name: "mi300x",
+        // AMD Instinct MI300X datasheet: 192 GB HBM3, 5.3 TB/s; bf16 1,307.4
+        // / fp8 2,614.9 / int8 2,614.9 dense; PCIe Gen5 x16 128 GB/s; 7
+        // Infinity Fabric (xGMI) links of 128 GB/s (896 GB/s aggregate), one
+        // to each other GPU of an 8-GPU platform's fully connected mesh.
+        memory_gb: 192.0,
+        bandwidth_gb_per_s: 5300.0,
+        bf16_tflops: 1307.4,
+        fp8_tflops: Some(2614.9),
+        int8_tops: Some(2614.9),
+        host_link_gb_per_s: 64.0,
+        interconnect_gb_per_s: 448.0,
+        topology: Topology::Mesh,
+        gpus_per_node: 8,
+        // Assumption: one 400 Gb/s NIC per GPU, as the H100/H200/B200 nodes.
+        network_gb_per_s: 50.0,
+        price_usd_per_gpu_hour: 2.00, // assumption
+    },
 ];
+
+/// What a custom GPU gets when a figure it needs only for one feature is
+/// left out: PCIe Gen5 x16 (64 GB/s a direction) for the host link and
+/// GPU peers, a switched 8-GPU node, a 400 Gb/s NIC. Assumptions, each
+/// overridable.
+const CUSTOM_LINK_GB_PER_S: f64 = 64.0;
+const CUSTOM_GPUS_PER_NODE: u32 = 8;
+const CUSTOM_NETWORK_GB_PER_S: f64 = 50.0;
 
 impl GpuConfig {
     pub fn resolve(spec: &HardwareSpec) -> Result<GpuConfig, HardwareError> {
         if spec.count == 0 || spec.count > MAX_GPUS {
             return Err(HardwareError::BadCount(spec.count));
         }
-        let base = CATALOG.iter().find(|(n, ..)| *n == spec.gpu);
+        let base = CATALOG.iter().find(|e| e.name == spec.gpu);
         if base.is_none() && spec.gpu != "custom" {
             return Err(HardwareError::Unknown(spec.gpu.clone()));
         }
-        let pick = |over: Option<f64>, from: fn(&Row) -> f64, key, max: f64| {
-            let v = over.or(base.map(from)).ok_or(HardwareError::Missing(key))?;
-            if !(v.is_finite() && v > 0.0 && v <= max) {
-                return Err(HardwareError::OutOfRange { key, value: v, max });
+        // Upper bounds far beyond any GPU keep simulated time finite.
+        let check = |key, v: f64, max: f64| {
+            if v.is_finite() && v > 0.0 && v <= max {
+                Ok(v)
+            } else {
+                Err(HardwareError::OutOfRange { key, value: v, max })
             }
-            Ok(v)
+        };
+        let pick = |over: Option<f64>, from: fn(&Entry) -> f64, key, max: f64| {
+            check(key, over.or(base.map(from)).ok_or(HardwareError::Missing(key))?, max)
+        };
+        let optional = |over: Option<f64>, from: fn(&Entry) -> Option<f64>, key| {
+            over.or(base.and_then(from)).map(|v| check(key, v, 1e6)).transpose()
+        };
+        let gpus_per_node = spec.gpus_per_node.or(base.map(|e| e.gpus_per_node)).unwrap_or(CUSTOM_GPUS_PER_NODE);
+        if gpus_per_node == 0 || gpus_per_node > MAX_GPUS {
+            return Err(HardwareError::BadNode(gpus_per_node));
+        }
+        // Figures only one feature needs (swapping, tensor parallelism across
+        // nodes) default for a custom GPU rather than fail.
+        let or_default = |over: Option<f64>, from: fn(&Entry) -> f64, default: f64, key| {
+            check(key, over.or(base.map(from)).unwrap_or(default), 1e6)
         };
         Ok(GpuConfig {
             name: spec.gpu.clone(),
-            // Upper bounds far beyond any GPU keep simulated time finite.
-            memory_bytes: (pick(spec.memory_gb, |e| e.1, "memory_gb", 1e5)? * 1e9) as u64,
-            mem_bandwidth_bytes_per_s: pick(spec.mem_bandwidth_gb_per_s, |e| e.2, "mem_bandwidth_gb_per_s", 1e6)? * 1e9,
-            bf16_flops_per_s: pick(spec.bf16_tflops, |e| e.3, "bf16_tflops", 1e6)? * 1e12,
-            // Only swapping uses it: a custom GPU without one gets PCIe Gen5 x16
-            // (64 GB/s a direction), an assumption, rather than an error.
-            host_link_bytes_per_s: pick(spec.host_link_gb_per_s.or(base.map(|e| e.4)).or(Some(64.0)), |e| e.4, "host_link_gb_per_s", 1e6)? * 1e9,
-            // Only tensor parallelism uses it: a custom GPU without one gets
-            // PCIe Gen5 x16 too.
-            interconnect_bytes_per_s: pick(spec.interconnect_gb_per_s.or(base.map(|e| e.5)).or(Some(64.0)), |e| e.5, "interconnect_gb_per_s", 1e6)?
+            memory_bytes: (pick(spec.memory_gb, |e| e.memory_gb, "memory_gb", 1e5)? * 1e9) as u64,
+            mem_bandwidth_bytes_per_s: pick(spec.mem_bandwidth_gb_per_s, |e| e.bandwidth_gb_per_s, "mem_bandwidth_gb_per_s", 1e6)? * 1e9,
+            bf16_flops_per_s: pick(spec.bf16_tflops, |e| e.bf16_tflops, "bf16_tflops", 1e6)? * 1e12,
+            fp8_flops_per_s: optional(spec.fp8_tflops, |e| e.fp8_tflops, "fp8_tflops")?.map(|v| v * 1e12),
+            int8_ops_per_s: optional(spec.int8_tops, |e| e.int8_tops, "int8_tops")?.map(|v| v * 1e12),
+            host_link_bytes_per_s: or_default(spec.host_link_gb_per_s, |e| e.host_link_gb_per_s, CUSTOM_LINK_GB_PER_S, "host_link_gb_per_s")?
                 * 1e9,
+            interconnect_bytes_per_s: or_default(spec.interconnect_gb_per_s, |e| e.interconnect_gb_per_s, CUSTOM_LINK_GB_PER_S, "interconnect_gb_per_s")?
+                * 1e9,
+            topology: spec.topology.or(base.map(|e| e.topology)).unwrap_or(Topology::Switch),
+            gpus_per_node,
+            network_bytes_per_s: or_default(spec.network_gb_per_s, |e| e.network_gb_per_s, CUSTOM_NETWORK_GB_PER_S, "network_gb_per_s")? * 1e9,
+            // A custom GPU must be priced: no number is better than a made-up one.
+            price_usd_per_gpu_hour: pick(spec.price_usd_per_gpu_hour, |e| e.price_usd_per_gpu_hour, "price_usd_per_gpu_hour", 1e6)?,
         })
     }
 
@@ -148,8 +383,45 @@ impl GpuConfig {
             memory_gb: Some(self.memory_bytes as f64 / 1e9),
             mem_bandwidth_gb_per_s: Some(self.mem_bandwidth_bytes_per_s / 1e9),
             bf16_tflops: Some(self.bf16_flops_per_s / 1e12),
+            fp8_tflops: self.fp8_flops_per_s.map(|v| v / 1e12),
+            int8_tops: self.int8_ops_per_s.map(|v| v / 1e12),
             host_link_gb_per_s: Some(self.host_link_bytes_per_s / 1e9),
             interconnect_gb_per_s: Some(self.interconnect_bytes_per_s / 1e9),
+            topology: Some(self.topology),
+            gpus_per_node: Some(self.gpus_per_node),
+            network_gb_per_s: Some(self.network_bytes_per_s / 1e9),
+            price_usd_per_gpu_hour: Some(self.price_usd_per_gpu_hour),
+        }
+    }
+
+    /// Dense tensor-core peak for GEMMs in `dtype`; `None` where the GPU has
+    /// no such tensor cores.
+    pub fn peak_flops_per_s(&self, dtype: MathDtype) -> Option<f64> {
+        match dtype {
+            MathDtype::Bf16 => Some(self.bf16_flops_per_s),
+            MathDtype::Fp8 => self.fp8_flops_per_s,
+            MathDtype::Int8 => self.int8_ops_per_s,
+        }
+    }
+
+    /// Bandwidth per GPU per direction that a collective (ring all-reduce,
+    /// all-to-all) among `n` GPUs gets: within a node it follows the
+    /// topology; a group spanning nodes is held to the slower of that and
+    /// the network, which its ring crosses.
+    pub fn collective_bytes_per_s(&self, n: u32) -> f64 {
+        let node = self.gpus_per_node;
+        let within = n.min(node);
+        let intra = match self.topology {
+            Topology::Switch | Topology::Pcie => self.interconnect_bytes_per_s,
+            Topology::Mesh if node > 1 => self.interconnect_bytes_per_s * (within.max(2) - 1) as f64 / (node - 1) as f64,
+            Topology::Mesh => self.interconnect_bytes_per_s,
+            Topology::Pairs if within <= 2 => self.interconnect_bytes_per_s,
+            Topology::Pairs => self.host_link_bytes_per_s,
+        };
+        if n > node {
+            intra.min(self.network_bytes_per_s)
+        } else {
+            intra
         }
     }
 }
@@ -157,6 +429,10 @@ impl GpuConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn gpu(name: &str) -> GpuConfig {
+        GpuConfig::resolve(&HardwareSpec { gpu: name.into(), ..Default::default() }).unwrap()
+    }
 
     #[test]
     fn catalog_and_overrides() {
@@ -167,8 +443,61 @@ mod tests {
         let g = GpuConfig::resolve(&spec).unwrap();
         assert_eq!((g.memory_bytes, g.mem_bandwidth_bytes_per_s), (141_000_000_000, 4.0e12));
         assert_eq!(GpuConfig::resolve(&g.to_spec(1)).unwrap(), g);
-        let a100 = GpuConfig::resolve(&HardwareSpec { gpu: "a100-80gb-sxm".into(), ..Default::default() }).unwrap();
+        let a100 = gpu("a100-80gb-sxm");
         assert_eq!((a100.host_link_bytes_per_s, a100.interconnect_bytes_per_s), (32e9, 300e9), "catalog links");
+        let priced = HardwareSpec { price_usd_per_gpu_hour: Some(1.25), ..Default::default() };
+        assert_eq!(GpuConfig::resolve(&priced).unwrap().price_usd_per_gpu_hour, 1.25);
+    }
+
+    #[test]
+    fn every_catalog_gpu_resolves_and_round_trips() {
+        assert_eq!(CATALOG.iter().map(|e| e.name).collect::<Vec<_>>().join(", "), CATALOG_NAMES);
+        for e in &CATALOG {
+            let g = gpu(e.name);
+            assert_eq!(GpuConfig::resolve(&g.to_spec(3)).unwrap(), g, "{}", e.name);
+            // Dense fp8 and int8 are twice bf16 on every tensor core listed
+            // (the datasheets' ratio; L40S quotes 362.05 bf16 against 733 fp8).
+            for peak in [g.fp8_flops_per_s, g.int8_ops_per_s].into_iter().flatten() {
+                let ratio = peak / g.bf16_flops_per_s;
+                assert!((ratio - 2.0).abs() < 0.03, "{} {ratio}", e.name);
+            }
+            assert!(g.price_usd_per_gpu_hour > 0.0 && g.network_bytes_per_s > 0.0);
+        }
+    }
+
+    #[test]
+    fn datasheet_figures_of_the_new_gpus() {
+        let b200 = gpu("b200");
+        assert_eq!((b200.memory_bytes, b200.mem_bandwidth_bytes_per_s), (180_000_000_000, 8e12));
+        assert_eq!(b200.peak_flops_per_s(MathDtype::Fp8), Some(4.5e15));
+        let mi = gpu("mi300x");
+        assert_eq!((mi.memory_bytes, mi.mem_bandwidth_bytes_per_s, mi.bf16_flops_per_s), (192_000_000_000, 5.3e12, 1307.4e12));
+        assert_eq!(mi.topology, Topology::Mesh);
+        let pcie = gpu("h100-pcie");
+        assert_eq!((pcie.mem_bandwidth_bytes_per_s, pcie.topology), (2e12, Topology::Pairs));
+        let a40 = gpu("a100-40gb-sxm");
+        assert_eq!((a40.memory_bytes, a40.mem_bandwidth_bytes_per_s), (40_000_000_000, 1.555e12));
+        // Ampere has no fp8 tensor cores: no peak, and none invented.
+        assert_eq!(a40.peak_flops_per_s(MathDtype::Fp8), None);
+        assert_eq!(a40.peak_flops_per_s(MathDtype::Int8), Some(624e12));
+        assert_eq!(a40.to_spec(1).fp8_tflops, None);
+    }
+
+    #[test]
+    fn collective_bandwidth_follows_the_topology() {
+        // NVSwitch: the full link whatever the group; across nodes the NIC.
+        let h = gpu("h100-sxm");
+        assert_eq!((h.collective_bytes_per_s(2), h.collective_bytes_per_s(8)), (450e9, 450e9));
+        assert_eq!(h.collective_bytes_per_s(16), 50e9);
+        // xGMI mesh: a pair shares one of 7 links (64 GB/s), all 8 use 448.
+        let mi = gpu("mi300x");
+        assert!((mi.collective_bytes_per_s(2) - 64e9).abs() < 1.0);
+        assert!((mi.collective_bytes_per_s(4) - 192e9).abs() < 1.0);
+        assert_eq!(mi.collective_bytes_per_s(8), 448e9);
+        // A bridged pair, then PCIe.
+        let p = gpu("h100-pcie");
+        assert_eq!((p.collective_bytes_per_s(2), p.collective_bytes_per_s(4)), (300e9, 64e9));
+        assert_eq!(gpu("l40s").collective_bytes_per_s(4), 32e9);
     }
 
     #[test]
@@ -179,5 +508,27 @@ mod tests {
         assert_eq!(GpuConfig::resolve(&custom), Err(HardwareError::Missing("memory_gb")));
         let zero = HardwareSpec { count: 0, ..Default::default() };
         assert_eq!(GpuConfig::resolve(&zero), Err(HardwareError::BadCount(0)));
+        let node = HardwareSpec { gpus_per_node: Some(0), ..Default::default() };
+        assert_eq!(GpuConfig::resolve(&node).unwrap_err().key(), "hardware.gpus_per_node");
+        let fp8 = HardwareSpec { fp8_tflops: Some(f64::NAN), ..Default::default() };
+        assert!(matches!(GpuConfig::resolve(&fp8), Err(HardwareError::OutOfRange { key: "fp8_tflops", .. })));
+        let unknown = GpuConfig::resolve(&HardwareSpec { gpu: "tpu".into(), ..Default::default() }).unwrap_err();
+        assert!(unknown.to_string().contains("mi300x"), "{unknown}");
+    }
+
+    #[test]
+    fn custom_gpu_needs_its_price_and_defaults_the_rest() {
+        let figures = HardwareSpec {
+            gpu: "custom".into(),
+            memory_gb: Some(96.0),
+            mem_bandwidth_gb_per_s: Some(4000.0),
+            bf16_tflops: Some(500.0),
+            ..Default::default()
+        };
+        assert_eq!(GpuConfig::resolve(&figures), Err(HardwareError::Missing("price_usd_per_gpu_hour")));
+        let priced = HardwareSpec { price_usd_per_gpu_hour: Some(2.0), ..figures };
+        let g = GpuConfig::resolve(&priced).unwrap();
+        assert_eq!((g.fp8_flops_per_s, g.topology, g.gpus_per_node), (None, Topology::Switch, 8));
+        assert_eq!((g.host_link_bytes_per_s, g.interconnect_bytes_per_s, g.network_bytes_per_s), (64e9, 64e9, 50e9));
     }
 }
