@@ -94,7 +94,10 @@ impl HostWeights {
         for f in &files {
             let bytes = std::fs::read(f).map_err(|e| err(f, e.to_string()))?;
             let st = SafeTensors::deserialize(&bytes).map_err(|e| err(f, format!("not a safetensors file: {e}")))?;
-            for (name, view) in st.tensors() {
+            let mut views = st.tensors();
+            // In name order, so the first problem reported is always the same one.
+            views.sort_by(|a, b| a.0.cmp(&b.0));
+            for (name, view) in views {
                 let Some(shape) = wanted.get(&name) else { continue };
                 if view.shape() != shape.as_slice() {
                     let msg = format!("tensor {name}: expected shape {shape:?} for {}, found {:?}", m.name, view.shape());
