@@ -59,12 +59,10 @@ impl BatchMeta {
     /// Call `finish` after the last sequence.
     pub fn push_seq(&mut self, tokens: impl IntoIterator<Item = u32>, ctx: u32, blocks: &[u32], sample: bool) {
         let bs = self.block_size;
-        let mut p = ctx;
-        for t in tokens {
+        for (p, t) in (ctx..).zip(tokens) {
             self.token_ids.push(t);
             self.positions.push(p);
             self.slots.push(blocks[(p / bs) as usize] * bs + p % bs);
-            p += 1;
         }
         self.cu_q.push(self.token_ids.len() as u32);
         self.ctx_len.push(ctx);
