@@ -1,0 +1,237 @@
+//! Dense linear layers on cuBLASLt: `y[T, out] = x[T, in] · Wᵀ` with W in
+//! HuggingFace layout `[out, in]`, bf16 operands, fp32 accumulation, bf16 or
+//! f32 output. Descriptors and the heuristic's algorithm are cached per shape
+//! so a steady-state call is one `cublasLtMatmul`.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::mem::size_of;
+use std::sync::{Arc, Mutex};
+
+use cudarc::cublaslt::{result, sys};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use half::bf16;
+
+use crate::error::{ensure, KernelError, Result};
+use crate::gpu::Gpu;
+use crate::launch::{rd, wr};
+
+/// 32 MiB: NVIDIA's recommended cuBLASLt workspace on Hopper (cuBLAS docs,
+/// "cublasLtMatmul workspace").
+const WORKSPACE_BYTES: usize = 32 << 20;
+
+/// Output element types a GEMM can write.
+pub trait GemmOut: cudarc::driver::DeviceRepr {
+    #[doc(hidden)]
+    const DTYPE: sys::cudaDataType;
+}
+impl GemmOut for bf16 {
+    const DTYPE: sys::cudaDataType = sys::cudaDataType::CUDA_R_16BF;
+}
+impl GemmOut for f32 {
+    const DTYPE: sys::cudaDataType = sys::cudaDataType::CUDA_R_32F;
+}
+
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+struct PlanKey {
+    tokens: u64,
+    in_features: u64,
+    out_features: u64,
+    out_f32: bool,
+    /// Smallest alignment of the three pointers (capped at 256 bytes).
+    align: u32,
+}
+
+/// One shape's descriptors and chosen algorithm.
+struct Plan {
+    desc: sys::cublasLtMatmulDesc_t,
+    a: sys::cublasLtMatrixLayout_t,
+    b: sys::cublasLtMatrixLayout_t,
+    c: sys::cublasLtMatrixLayout_t,
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+impl Drop for Plan {
+    fn drop(&mut self) {
+        // SAFETY: created in `Blas::plan` and owned only here.
+        unsafe {
+            let _ = result::destroy_matrix_layout(self.a);
+            let _ = result::destroy_matrix_layout(self.b);
+            let _ = result::destroy_matrix_layout(self.c);
+            let _ = result::destroy_matmul_desc(self.desc);
+        }
+    }
+}
+
+/// cuBLASLt handle, workspace and plan cache.
+pub(crate) struct Blas {
+    handle: sys::cublasLtHandle_t,
+    workspace: CudaSlice<u8>,
+    plans: Mutex<HashMap<PlanKey, Plan>>,
+}
+
+// SAFETY: the handle and descriptors are used under the `plans` lock or only
+// read; cuBLASLt handles may be shared across threads.
+unsafe impl Send for Blas {}
+unsafe impl Sync for Blas {}
+
+impl Drop for Blas {
+    fn drop(&mut self) {
+        self.plans.lock().expect("plan lock").clear();
+        // SAFETY: the handle is not used after this.
+        unsafe {
+            let _ = result::destroy_handle(self.handle);
+        }
+    }
+}
+
+fn blas_err(what: &str, e: impl std::fmt::Debug) -> KernelError {
+    KernelError::Blas(format!("{what}: {e:?}"))
+}
+
+impl Blas {
+    pub(crate) fn new(stream: Arc<CudaStream>) -> Result<Blas> {
+        let handle = result::create_handle().map_err(|e| blas_err("create handle", e))?;
+        let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES)?;
+        Ok(Blas { handle, workspace, plans: Mutex::new(HashMap::new()) })
+    }
+
+    fn plan(&self, key: PlanKey, out_type: sys::cudaDataType) -> Result<Plan> {
+        let bf = sys::cudaDataType::CUDA_R_16BF;
+        // Column-major view: yᵀ[out, T] = (W as col-major [in, out])ᵀ · xᵀ[in, T].
+        let a = result::create_matrix_layout(bf, key.in_features, key.out_features, key.in_features as i64)
+            .map_err(|e| blas_err("layout W", e))?;
+        let b = result::create_matrix_layout(bf, key.in_features, key.tokens, key.in_features as i64)
+            .map_err(|e| blas_err("layout x", e))?;
+        let c = result::create_matrix_layout(out_type, key.out_features, key.tokens, key.out_features as i64)
+            .map_err(|e| blas_err("layout y", e))?;
+        let desc = result::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(|e| blas_err("matmul desc", e))?;
+        let mut plan = Plan { desc, a, b, c, algo: unsafe { std::mem::zeroed() } };
+        let transpose: i32 = 1; // CUBLAS_OP_T
+        // SAFETY: descriptors are live; attribute values are plain integers.
+        unsafe {
+            result::set_matmul_desc_attribute(
+                plan.desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &transpose as *const i32 as *const c_void,
+                size_of::<i32>(),
+            )
+            .map_err(|e| blas_err("transa", e))?;
+            let pref = result::create_matmul_pref().map_err(|e| blas_err("preference", e))?;
+            let ws = WORKSPACE_BYTES;
+            let align = key.align;
+            let mut r = result::set_matmul_pref_attribute(
+                pref,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                &ws as *const usize as *const c_void,
+                size_of::<usize>(),
+            );
+            for attr in [
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES,
+                sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES,
+            ] {
+                r = r.and_then(|()| {
+                    result::set_matmul_pref_attribute(
+                        pref,
+                        attr,
+                        &align as *const u32 as *const c_void,
+                        size_of::<u32>(),
+                    )
+                });
+            }
+            let heuristic = r.and_then(|()| {
+                result::get_matmul_algo_heuristic(self.handle, plan.desc, plan.a, plan.b, plan.c, plan.c, pref)
+            });
+            let _ = result::destroy_matmul_pref(pref);
+            plan.algo = heuristic.map_err(|e| blas_err("no algorithm for this shape", e))?.algo;
+        }
+        Ok(plan)
+    }
+}
+
+/// Largest power of two (up to 256) dividing `ptr`.
+fn alignment(ptr: u64) -> u32 {
+    if ptr == 0 {
+        256
+    } else {
+        (1u64 << ptr.trailing_zeros().min(8)) as u32
+    }
+}
+
+impl Gpu {
+    /// `y[tokens, out] = x[tokens, in] · Wᵀ`, W row-major `[out, in]` (the
+    /// HuggingFace layout), bf16 in, fp32 accumulation, `O` = bf16 or f32 out
+    /// (f32 for the LM head's logits). All three buffers are contiguous.
+    pub fn gemm<O: GemmOut>(
+        &self,
+        x: &impl DevicePtr<bf16>,
+        w: &impl DevicePtr<bf16>,
+        y: &mut impl DevicePtrMut<O>,
+        tokens: usize,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<()> {
+        ensure(tokens > 0 && in_features > 0 && out_features > 0, || {
+            format!("gemm shape {tokens}x{in_features}x{out_features} has a zero")
+        })?;
+        let stream = &self.stream;
+        let (xp, x_len) = rd(stream, x);
+        let (wp, w_len) = rd(stream, w);
+        let (yp, y_len) = wr(stream, y);
+        ensure(x_len >= tokens * in_features, || {
+            format!("gemm: x holds {} < {tokens}x{in_features}", x_len)
+        })?;
+        ensure(w_len >= out_features * in_features, || {
+            format!("gemm: W holds {} < {out_features}x{in_features}", w_len)
+        })?;
+        ensure(y_len >= tokens * out_features, || {
+            format!("gemm: y holds {} < {tokens}x{out_features}", y_len)
+        })?;
+        let key = PlanKey {
+            tokens: tokens as u64,
+            in_features: in_features as u64,
+            out_features: out_features as u64,
+            out_f32: O::DTYPE == sys::cudaDataType::CUDA_R_32F,
+            align: alignment(xp).min(alignment(wp)).min(alignment(yp)),
+        };
+        ensure(key.align >= 2, || "gemm: buffers must be 2-byte aligned".into())?;
+        let blas = &self.blas;
+        let mut plans = blas.plans.lock().expect("plan lock");
+        if !plans.contains_key(&key) {
+            let plan = blas.plan(key, O::DTYPE)?;
+            plans.insert(key, plan);
+        }
+        let plan = &plans[&key];
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        let (ws, _sws) = blas.workspace.device_ptr(stream);
+        // SAFETY: shapes were checked against the buffers' lengths above; the
+        // plan's layouts describe exactly these shapes.
+        unsafe {
+            result::matmul(
+                blas.handle,
+                plan.desc,
+                &alpha as *const f32 as *const c_void,
+                &beta as *const f32 as *const c_void,
+                wp as *const c_void,
+                plan.a,
+                xp as *const c_void,
+                plan.b,
+                yp as *const c_void,
+                plan.c,
+                yp as *mut c_void,
+                plan.c,
+                &plan.algo,
+                ws as *mut c_void,
+                WORKSPACE_BYTES,
+                stream.cu_stream() as sys::cudaStream_t,
+            )
+        }
+        .map_err(|e| blas_err("matmul", e))
+    }
+}
