@@ -11,7 +11,7 @@
 // go to a workspace and decode_combine merges them.
 
 #define DEC_WARPS 4
-#define DEC_UNROLL 4
+#define DEC_UNROLL 8
 
 template <int HD, int G>
 __device__ void decode_attn_impl(const bf16* __restrict__ q_base, int q_stride, const bf16* __restrict__ k_cache,

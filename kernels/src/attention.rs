@@ -16,17 +16,26 @@ use crate::shape::AttnShape;
 const DECODE_THREADS: u32 = 128;
 const DECODE_WARPS: usize = 4;
 const PREFILL_THREADS: u32 = 128;
-/// Query rows and keys per prefill tile (see prefill_attention.cu).
-const PREFILL_BM: usize = 64;
+/// Query rows per warp-level m16 tile, warps per block, keys per tile
+/// (see prefill_attention.cu).
+const PREFILL_ROWS_PER_MTILE: usize = 16;
+const PREFILL_WARPS: usize = 4;
 const PREFILL_BN: usize = 64;
+/// m-tiles per warp of the engine's prefill kernels.
+const PREFILL_MTILES: usize = 2;
 
-/// Keys per decode partition: small enough that `sequences × kv heads ×
-/// partitions` gives about two blocks per SM, at least 128 keys (each block
-/// must amortise its setup) and at most 1024 (scores live in shared memory).
+/// Keys per decode partition. Splits the longest context into enough
+/// partitions that `sequences × kv heads × partitions` is about four blocks
+/// per SM (enough loads in flight to saturate HBM), but no partition under
+/// 64 keys (each block must amortise its setup) or over 1024 (its scores
+/// live in shared memory); partitions are balanced, rounded up to 32 keys.
 pub fn decode_partition_keys(max_keys: usize, num_seqs: usize, num_kv_heads: usize, num_sms: u32) -> usize {
-    let target_blocks = 2 * num_sms as usize;
-    let per_block = (max_keys * num_seqs * num_kv_heads).div_ceil(target_blocks);
-    per_block.next_power_of_two().clamp(128, 1024)
+    const MIN_KEYS: usize = 64;
+    const MAX_KEYS: usize = 1024;
+    let max_keys = max_keys.max(1);
+    let wanted = (4 * num_sms as usize).div_ceil((num_seqs * num_kv_heads).max(1));
+    let parts = wanted.min(max_keys.div_ceil(MIN_KEYS)).max(max_keys.div_ceil(MAX_KEYS)).max(1);
+    max_keys.div_ceil(parts).next_multiple_of(32).min(MAX_KEYS)
 }
 
 fn i32_of(v: usize) -> Result<i32> {
@@ -139,13 +148,45 @@ impl Gpu {
         shape: &AttnShape,
         out: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
+        let name = format!("prefill_attn_hd{}_g{}", shape.head_dim, shape.group());
+        self.prefill_attention_kernel(&name, PREFILL_MTILES, qkv, k_cache, v_cache, meta, shape, out)
+    }
+
+    /// The benchmark's comparison point: the prefill kernel with one m-tile
+    /// (64 query rows) per block, Llama-3-8B shape (hd 128, group 4) only.
+    #[doc(hidden)]
+    pub fn prefill_attention_one_mtile(
+        &self,
+        qkv: &impl DevicePtr<bf16>,
+        k_cache: &impl DevicePtr<bf16>,
+        v_cache: &impl DevicePtr<bf16>,
+        meta: &DeviceMeta,
+        shape: &AttnShape,
+        out: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        ensure(shape.head_dim == 128 && shape.group() == 4, || "one-m-tile prefill exists for hd 128, group 4".into())?;
+        self.prefill_attention_kernel("prefill_attn_hd128_g4_mt1", 1, qkv, k_cache, v_cache, meta, shape, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_attention_kernel(
+        &self,
+        name: &str,
+        m_tiles: usize,
+        qkv: &impl DevicePtr<bf16>,
+        k_cache: &impl DevicePtr<bf16>,
+        v_cache: &impl DevicePtr<bf16>,
+        meta: &DeviceMeta,
+        shape: &AttnShape,
+        out: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
         let p = self.attn_ptrs(qkv, k_cache, v_cache, meta, shape, out)?;
         let m = meta.ptrs(self);
         let (hd, g) = (shape.head_dim, shape.group());
-        let tokens_per_tile = PREFILL_BM / g;
-        let tiles = meta.max_new_tokens.div_ceil(tokens_per_tile);
-        let smem = ((PREFILL_BM + 4 * PREFILL_BN) * hd * 2) as u32;
-        let f = self.function(&format!("prefill_attn_hd{hd}_g{g}"))?;
+        let block_rows = PREFILL_WARPS * PREFILL_ROWS_PER_MTILE * m_tiles;
+        let tiles = meta.max_new_tokens.div_ceil(block_rows / g);
+        let smem = ((block_rows + 4 * PREFILL_BN) * hd * 2) as u32;
+        let f = self.function(name)?;
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
             smem as i32,
@@ -177,9 +218,17 @@ mod tests {
     #[test]
     fn partitions_shrink_for_small_batches_and_stay_in_bounds() {
         // Llama-3.1-8B on 132 SMs: batch 1 at 4096 keys splits finely…
-        assert_eq!(decode_partition_keys(4096, 1, 8, 132), 128);
-        // …batch 128 does not need to, but scores must fit shared memory.
-        assert_eq!(decode_partition_keys(4096, 128, 8, 132), 1024);
-        assert_eq!(decode_partition_keys(1, 1, 1, 132), 128);
+        assert_eq!(decode_partition_keys(4096, 1, 8, 132), 64);
+        // …batch 32 at 1025 keys into three balanced parts…
+        assert_eq!(decode_partition_keys(1025, 32, 8, 132), 352);
+        // …batch 128 need not split, but scores must fit shared memory.
+        assert_eq!(decode_partition_keys(4097, 128, 8, 132), 832);
+        assert_eq!(decode_partition_keys(1, 1, 1, 132), 32);
+        for keys in [1, 63, 64, 65, 1000, 4097, 100_000] {
+            for seqs in [1, 7, 256] {
+                let p = decode_partition_keys(keys, seqs, 8, 132);
+                assert!((32..=1024).contains(&p), "{keys} keys, {seqs} seqs: {p}");
+            }
+        }
     }
 }

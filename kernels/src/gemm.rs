@@ -201,6 +201,8 @@ impl Gpu {
             align: alignment(xp).min(alignment(wp)).min(alignment(yp)),
         };
         ensure(key.align >= 2, || "gemm: buffers must be 2-byte aligned".into())?;
+        // cuBLASLt runs in the calling thread's current context.
+        self.ctx.bind_to_thread()?;
         let blas = &self.blas;
         let mut plans = blas.plans.lock().expect("plan lock");
         if !plans.contains_key(&key) {

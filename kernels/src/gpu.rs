@@ -70,6 +70,7 @@ const MODULES: &[ModuleSource] = &[
             "prefill_attn_hd128_g2",
             "prefill_attn_hd128_g4",
             "prefill_attn_hd128_g8",
+            "prefill_attn_hd128_g4_mt1",
         ],
     },
 ];

@@ -113,8 +113,9 @@ fn rms_norms_match_reference() {
         let mut out = nan_bf16(g, tokens * hidden);
         g.rms_norm(&dx, &dw, &mut out, tokens, hidden, eps).unwrap();
         let want = reference::rms_norm(&f32s(&x), &f32s(&w), hidden, eps);
-        // Two roundings (normalised value, product): 2 ulp.
-        assert_close("rms_norm", &download_f32(g, &out), &want, 1e-6, 2.0 * BF16_ULP);
+        // Two roundings (normalised value, product): a flipped first
+        // rounding costs up to one ulp (2^-7), the second half of one.
+        assert_close("rms_norm", &download_f32(g, &out), &want, 1e-6, 3.0 * BF16_ULP);
 
         let mut dres = g.upload(&res).unwrap();
         let mut out = nan_bf16(g, tokens * hidden);
@@ -122,7 +123,7 @@ fn rms_norms_match_reference() {
         let (res_want, out_want) = reference::add_rms_norm(&f32s(&x), &f32s(&res), &f32s(&w), hidden, eps);
         // The residual sum is one exact rounding of an exact f32 sum.
         assert_eq!(download_f32(g, &dres), res_want, "residual {tokens}x{hidden}");
-        assert_close("add_rms_norm", &download_f32(g, &out), &out_want, 1e-6, 2.0 * BF16_ULP);
+        assert_close("add_rms_norm", &download_f32(g, &out), &out_want, 1e-6, 3.0 * BF16_ULP);
     }
 }
 
@@ -136,7 +137,8 @@ fn silu_mul_matches_reference() {
         let mut out = nan_bf16(g, tokens * inter);
         g.silu_mul(&d, &mut out, tokens, inter).unwrap();
         let want = reference::silu_mul(&f32s(&gu), inter);
-        assert_close("silu_mul", &download_f32(g, &out), &want, 1e-6, 2.0 * BF16_ULP);
+        // Like RMSNorm: silu rounded to bf16, then the product rounded.
+        assert_close("silu_mul", &download_f32(g, &out), &want, 1e-6, 3.0 * BF16_ULP);
     }
 }
 
@@ -369,4 +371,45 @@ fn launchers_reject_mismatched_buffers() {
     assert!(err.to_string().contains("out holds 32"), "{err}");
     let err = g.gemm(&x, &w, &mut out, 2, 64, 64).unwrap_err();
     assert!(err.to_string().contains("x holds 64"), "{err}");
+}
+
+/// The engine's sequence of calls for one sequence: a 100-token prompt in
+/// two chunks (60 over nothing, 40 over the first 60), then three decode
+/// steps, each RoPE + cache write followed by attention, against the
+/// reference run of the same steps (with its q and k rounded to bf16, as the
+/// GPU stores them).
+#[test]
+fn chunked_prefill_then_decode_matches_reference() {
+    let Some(g) = gpu() else { return };
+    let shape = AttnShape { num_q_heads: 32, num_kv_heads: 8, head_dim: 128 };
+    let block_size = 16;
+    let table: Vec<u32> = vec![5, 0, 3, 7, 1, 6, 2, 4];
+    let num_blocks = 8;
+    let cache_len = shape.cache_len(num_blocks, block_size);
+    let mut r = rng(4242);
+    let rope = RopeTable::new(g, shape.head_dim, 256, 500_000.0, None).unwrap();
+    let (cos, sin) = servetwin_kernels::cos_sin_table(shape.head_dim, 256, 500_000.0, None);
+    let (mut dk, mut dv) = (nan_bf16(g, cache_len), nan_bf16(g, cache_len));
+    let (mut k_ref, mut v_ref) = (vec![f32::NAN; cache_len], vec![f32::NAN; cache_len]);
+    let steps: [(u32, u32); 5] = [(60, 0), (40, 60), (1, 100), (1, 101), (1, 102)];
+    for (step, &(new, ctx)) in steps.iter().enumerate() {
+        let meta = BatchMeta::new(block_size, &[SeqSpec { new_tokens: new, context_tokens: ctx, block_table: &table }])
+            .unwrap();
+        let dm = meta.upload(g).unwrap();
+        let qkv = rand_bf16(&mut r, new as usize * shape.qkv_width(), 2.0);
+        let mut dq = g.upload(&qkv).unwrap();
+        g.rope_write_kv(&mut dq, &rope, &dm, &shape, &mut dk, &mut dv).unwrap();
+        let mut out = nan_bf16(g, new as usize * shape.out_width());
+        if new == 1 {
+            g.decode_attention(&dq, &dk, &dv, &dm, &shape, &mut out).unwrap();
+        } else {
+            g.prefill_attention(&dq, &dk, &dv, &dm, &shape, &mut out).unwrap();
+        }
+        let mut q_ref = f32s(&qkv);
+        reference::rope_write_kv(&mut q_ref, &cos, &sin, &meta, &shape, &mut k_ref, &mut v_ref);
+        q_ref.iter_mut().for_each(|x| *x = reference::round_bf16(*x));
+        k_ref.iter_mut().for_each(|x| *x = reference::round_bf16(*x));
+        let want = reference::attention(&q_ref, &k_ref, &v_ref, &meta, &shape);
+        assert_close(&format!("step {step} ({new} new over {ctx})"), &download_f32(g, &out), &want, ATTN_ABS_TOL, 0.0);
+    }
 }
