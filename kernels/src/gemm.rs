@@ -9,12 +9,12 @@ use std::mem::size_of;
 use std::sync::{Arc, Mutex};
 
 use cudarc::cublaslt::{result, sys};
-use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
+use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
 use half::bf16;
 
 use crate::error::{ensure, KernelError, Result};
 use crate::gpu::Gpu;
-use crate::launch::{rd, wr};
+use crate::launch::{check_buf, rd, wr};
 
 /// 32 MiB: NVIDIA's recommended cuBLASLt workspace on Hopper (cuBLAS docs,
 /// "cublasLtMatmul workspace").
@@ -24,13 +24,24 @@ const WORKSPACE_BYTES: usize = 32 << 20;
 pub trait GemmOut: cudarc::driver::DeviceRepr {
     #[doc(hidden)]
     const DTYPE: sys::cudaDataType;
+    #[doc(hidden)]
+    const GEMV_SUFFIX: &'static str;
 }
 impl GemmOut for bf16 {
     const DTYPE: sys::cudaDataType = sys::cudaDataType::CUDA_R_16BF;
+    const GEMV_SUFFIX: &'static str = "bf16_out";
 }
 impl GemmOut for f32 {
     const DTYPE: sys::cudaDataType = sys::cudaDataType::CUDA_R_32F;
+    const GEMV_SUFFIX: &'static str = "f32_out";
 }
+
+/// Up to this many tokens, `Gpu::gemm` uses the skinny kernel of gemv.cu,
+/// which streams W at a higher fraction of HBM bandwidth than cuBLASLt's
+/// choice for such shapes (kernels/BENCH.md).
+pub const GEMV_MAX_TOKENS: usize = 4;
+/// Output rows per block of the skinny kernel (warps × rows per warp).
+const GEMV_ROWS_PER_BLOCK: usize = 16;
 
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 struct PlanKey {
@@ -155,6 +166,10 @@ impl Blas {
     }
 }
 
+fn to_i32(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| KernelError::Invalid(format!("{v} exceeds i32")))
+}
+
 /// Largest power of two (up to 256) dividing `ptr`.
 fn alignment(ptr: u64) -> u32 {
     if ptr == 0 {
@@ -168,7 +183,47 @@ impl Gpu {
     /// `y[tokens, out] = x[tokens, in] · Wᵀ`, W row-major `[out, in]` (the
     /// HuggingFace layout), bf16 in, fp32 accumulation, `O` = bf16 or f32 out
     /// (f32 for the LM head's logits). All three buffers are contiguous.
+    /// Up to [`GEMV_MAX_TOKENS`] tokens run on the skinny kernel, more on
+    /// cuBLASLt.
     pub fn gemm<O: GemmOut>(
+        &self,
+        x: &impl DevicePtr<bf16>,
+        w: &impl DevicePtr<bf16>,
+        y: &mut impl DevicePtrMut<O>,
+        tokens: usize,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<()> {
+        if tokens > GEMV_MAX_TOKENS || in_features % 8 != 0 {
+            return self.gemm_cublaslt(x, w, y, tokens, in_features, out_features);
+        }
+        let s = &self.stream;
+        let (xp, x_len) = rd(s, x);
+        let (wp, w_len) = rd(s, w);
+        let (yp, y_len) = wr(s, y);
+        ensure(tokens > 0 && out_features > 0, || format!("gemm shape {tokens}x{in_features}x{out_features} has a zero"))?;
+        check_buf("x", xp, x_len, tokens * in_features)?;
+        check_buf("W", wp, w_len, out_features * in_features)?;
+        ensure(y_len >= tokens * out_features, || format!("gemm: y holds {y_len} < {tokens}x{out_features}"))?;
+        let kernel = if tokens == 1 { "gemv1" } else { "gemv" };
+        let f = self.function(&format!("{kernel}_{}", O::GEMV_SUFFIX))?;
+        let (t, k, n) = (to_i32(tokens)?, to_i32(in_features)?, to_i32(out_features)?);
+        let mut b = s.launch_builder(f);
+        b.arg(&xp).arg(&wp).arg(&yp).arg(&t).arg(&k).arg(&n);
+        let cfg = LaunchConfig {
+            grid_dim: (out_features.div_ceil(GEMV_ROWS_PER_BLOCK) as u32, 1, 1),
+            block_dim: (256, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        // SAFETY: arguments match gemv_impl; lengths and alignment checked.
+        unsafe { b.launch(cfg) }?;
+        Ok(())
+    }
+
+    /// [`Gpu::gemm`] on cuBLASLt whatever the token count (the benchmark's
+    /// comparison point for the skinny kernel).
+    #[doc(hidden)]
+    pub fn gemm_cublaslt<O: GemmOut>(
         &self,
         x: &impl DevicePtr<bf16>,
         w: &impl DevicePtr<bf16>,

@@ -44,6 +44,11 @@ const MODULES: &[ModuleSource] = &[
         functions: &["argmax_f32", "argmax_bf16", "sample_f32", "sample_bf16"],
     },
     ModuleSource {
+        name: "gemv",
+        source: include_str!("../gemv.cu"),
+        functions: &["gemv_bf16_out", "gemv_f32_out", "gemv1_bf16_out", "gemv1_f32_out"],
+    },
+    ModuleSource {
         name: "decode_attention",
         source: include_str!("../decode_attention.cu"),
         functions: &[
