@@ -36,10 +36,11 @@ impl GemmOut for f32 {
     const GEMV_SUFFIX: &'static str = "f32_out";
 }
 
-/// Up to this many tokens, `Gpu::gemm` uses the skinny kernel of gemv.cu,
-/// which streams W at a higher fraction of HBM bandwidth than cuBLASLt's
-/// choice for such shapes (kernels/BENCH.md).
-pub const GEMV_MAX_TOKENS: usize = 4;
+/// Up to this many tokens, `Gpu::gemm` uses the skinny kernel of gemv.cu:
+/// at one token it streams W at 0.84-0.98 of copy bandwidth against
+/// cuBLASLt's 0.75-0.94; at four it reached 0.54 against 0.74
+/// (kernels/BENCH.md), so only single tokens take it.
+pub const GEMV_MAX_TOKENS: usize = 1;
 /// Output rows per block of the skinny kernel (warps × rows per warp).
 const GEMV_ROWS_PER_BLOCK: usize = 16;
 
@@ -205,8 +206,7 @@ impl Gpu {
         check_buf("x", xp, x_len, tokens * in_features)?;
         check_buf("W", wp, w_len, out_features * in_features)?;
         ensure(y_len >= tokens * out_features, || format!("gemm: y holds {y_len} < {tokens}x{out_features}"))?;
-        let kernel = if tokens == 1 { "gemv1" } else { "gemv" };
-        let f = self.function(&format!("{kernel}_{}", O::GEMV_SUFFIX))?;
+        let f = self.function(&format!("gemv1_{}", O::GEMV_SUFFIX))?;
         let (t, k, n) = (to_i32(tokens)?, to_i32(in_features)?, to_i32(out_features)?);
         let mut b = s.launch_builder(f);
         b.arg(&xp).arg(&wp).arg(&yp).arg(&t).arg(&k).arg(&n);

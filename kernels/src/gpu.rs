@@ -46,7 +46,7 @@ const MODULES: &[ModuleSource] = &[
     ModuleSource {
         name: "gemv",
         source: include_str!("../gemv.cu"),
-        functions: &["gemv_bf16_out", "gemv_f32_out", "gemv1_bf16_out", "gemv1_f32_out"],
+        functions: &["gemv1_bf16_out", "gemv1_f32_out"],
     },
     ModuleSource {
         name: "decode_attention",

@@ -39,7 +39,7 @@
 //! gpu.silu_mul(gate_up: [T, 2I], out: [T, I], tokens, intermediate)
 //! gpu.decode_attention(qkv, k_cache, v_cache, &DeviceMeta, &AttnShape, out: &mut [T, nq·hd])   // 1 token per sequence
 //! gpu.prefill_attention(qkv, k_cache, v_cache, &DeviceMeta, &AttnShape, out: &mut [T, nq·hd])  // any ragged batch
-//! gpu.gemm::<bf16 | f32>(x: bf16[T, in], w: bf16[out, in], y: &mut [T, out], tokens, in, out)  // T <= 4: gemv.cu, else cuBLASLt
+//! gpu.gemm::<bf16 | f32>(x: bf16[T, in], w: bf16[out, in], y: &mut [T, out], tokens, in, out)  // T = 1: gemv.cu, else cuBLASLt
 //! gpu.argmax::<f32 | bf16>(logits: [S, V], rows, vocab, out: &mut i32[S])
 //! gpu.sample::<f32 | bf16>(logits, rows, vocab, temperature: &[f32], top_p: &[f32], uniform: &[f32], out: &mut i32[S])
 //! gpu.fill_uniform(buf: &mut bf16[..], seed, scale)   // benchmark data
