@@ -14,7 +14,7 @@ use half::bf16;
 
 use crate::error::{ensure, KernelError, Result};
 use crate::gpu::Gpu;
-use crate::launch::{check_buf, rd, wr};
+use crate::launch::{rd, wr};
 
 /// 32 MiB: NVIDIA's recommended cuBLASLt workspace on Hopper (cuBLAS docs,
 /// "cublasLtMatmul workspace").
@@ -195,17 +195,15 @@ impl Gpu {
         in_features: usize,
         out_features: usize,
     ) -> Result<()> {
-        if tokens > GEMV_MAX_TOKENS || in_features % 8 != 0 {
+        if tokens > GEMV_MAX_TOKENS || !in_features.is_multiple_of(8) {
+            return self.gemm_cublaslt(x, w, y, tokens, in_features, out_features);
+        }
+        let (xp, wp, yp) = self.gemm_operands(x, w, y, tokens, in_features, out_features)?;
+        if xp % 16 != 0 || wp % 16 != 0 {
+            // The skinny kernel reads 16-byte vectors.
             return self.gemm_cublaslt(x, w, y, tokens, in_features, out_features);
         }
         let s = &self.stream;
-        let (xp, x_len) = rd(s, x);
-        let (wp, w_len) = rd(s, w);
-        let (yp, y_len) = wr(s, y);
-        ensure(tokens > 0 && out_features > 0, || format!("gemm shape {tokens}x{in_features}x{out_features} has a zero"))?;
-        check_buf("x", xp, x_len, tokens * in_features)?;
-        check_buf("W", wp, w_len, out_features * in_features)?;
-        ensure(y_len >= tokens * out_features, || format!("gemm: y holds {y_len} < {tokens}x{out_features}"))?;
         let f = self.function(&format!("gemv1_{}", O::GEMV_SUFFIX))?;
         let (t, k, n) = (to_i32(tokens)?, to_i32(in_features)?, to_i32(out_features)?);
         let mut b = s.launch_builder(f);
@@ -220,6 +218,32 @@ impl Gpu {
         Ok(())
     }
 
+    /// Device addresses of a GEMM's operands, after checking the shape
+    /// against their lengths.
+    fn gemm_operands<O: GemmOut>(
+        &self,
+        x: &impl DevicePtr<bf16>,
+        w: &impl DevicePtr<bf16>,
+        y: &mut impl DevicePtrMut<O>,
+        tokens: usize,
+        in_features: usize,
+        out_features: usize,
+    ) -> Result<(u64, u64, u64)> {
+        ensure(tokens > 0 && in_features > 0 && out_features > 0, || {
+            format!("gemm shape {tokens}x{in_features}x{out_features} has a zero")
+        })?;
+        let s = &self.stream;
+        let ((xp, x_len), (wp, w_len), (yp, y_len)) = (rd(s, x), rd(s, w), wr(s, y));
+        for (name, len, need) in [
+            ("x", x_len, tokens * in_features),
+            ("W", w_len, out_features * in_features),
+            ("y", y_len, tokens * out_features),
+        ] {
+            ensure(len >= need, || format!("gemm: {name} holds {len} < {need}"))?;
+        }
+        Ok((xp, wp, yp))
+    }
+
     /// [`Gpu::gemm`] on cuBLASLt whatever the token count (the benchmark's
     /// comparison point for the skinny kernel).
     #[doc(hidden)]
@@ -232,22 +256,8 @@ impl Gpu {
         in_features: usize,
         out_features: usize,
     ) -> Result<()> {
-        ensure(tokens > 0 && in_features > 0 && out_features > 0, || {
-            format!("gemm shape {tokens}x{in_features}x{out_features} has a zero")
-        })?;
+        let (xp, wp, yp) = self.gemm_operands(x, w, y, tokens, in_features, out_features)?;
         let stream = &self.stream;
-        let (xp, x_len) = rd(stream, x);
-        let (wp, w_len) = rd(stream, w);
-        let (yp, y_len) = wr(stream, y);
-        ensure(x_len >= tokens * in_features, || {
-            format!("gemm: x holds {} < {tokens}x{in_features}", x_len)
-        })?;
-        ensure(w_len >= out_features * in_features, || {
-            format!("gemm: W holds {} < {out_features}x{in_features}", w_len)
-        })?;
-        ensure(y_len >= tokens * out_features, || {
-            format!("gemm: y holds {} < {tokens}x{out_features}", y_len)
-        })?;
         let key = PlanKey {
             tokens: tokens as u64,
             in_features: in_features as u64,
@@ -260,9 +270,9 @@ impl Gpu {
         self.ctx.bind_to_thread()?;
         let blas = &self.blas;
         let mut plans = blas.plans.lock().expect("plan lock");
-        if !plans.contains_key(&key) {
+        if let std::collections::hash_map::Entry::Vacant(e) = plans.entry(key) {
             let plan = blas.plan(key, O::DTYPE)?;
-            plans.insert(key, plan);
+            e.insert(plan);
         }
         let plan = &plans[&key];
         let (alpha, beta) = (1.0f32, 0.0f32);

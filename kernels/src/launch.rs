@@ -49,7 +49,7 @@ pub(crate) fn wr<T>(s: &CudaStream, buf: &mut impl DevicePtrMut<T>) -> (u64, usi
 /// 16-byte vector access.
 pub(crate) fn check_buf(name: &str, ptr: u64, len: usize, need: usize) -> Result<()> {
     ensure(len >= need, || format!("{name} holds {len} elements, {need} needed"))?;
-    ensure(ptr % 16 == 0, || format!("{name} must be 16-byte aligned"))
+    ensure(ptr.is_multiple_of(16), || format!("{name} must be 16-byte aligned"))
 }
 
 /// Logit element types the selection kernels read.
@@ -76,7 +76,7 @@ impl Gpu {
         tokens: usize,
         hidden: usize,
     ) -> Result<()> {
-        ensure(hidden % 8 == 0 && hidden > 0, || format!("hidden {hidden} must be a positive multiple of 8"))?;
+        ensure(hidden.is_multiple_of(8) && hidden > 0, || format!("hidden {hidden} must be a positive multiple of 8"))?;
         ensure(tokens > 0, || "no tokens".into())?;
         let s = &self.stream;
         let (ip, ids_len) = rd(s, ids);
@@ -105,21 +105,8 @@ impl Gpu {
         hidden: usize,
         eps: f32,
     ) -> Result<()> {
-        ensure(hidden % 8 == 0 && hidden > 0, || format!("hidden {hidden} must be a positive multiple of 8"))?;
         let s = &self.stream;
-        let (xp, x_len) = rd(s, x);
-        let (wp, weight_len) = rd(s, weight);
-        let (op, out_len) = wr(s, out);
-        check_buf("x", xp, x_len, tokens * hidden)?;
-        check_buf("weight", wp, weight_len, hidden)?;
-        check_buf("out", op, out_len, tokens * hidden)?;
-        let h = i32_arg(hidden, "hidden")?;
-        let f = self.function("rms_norm_bf16")?;
-        let mut b = s.launch_builder(f);
-        b.arg(&xp).arg(&wp).arg(&op).arg(&h).arg(&eps);
-        // SAFETY: as above.
-        unsafe { b.launch(grid(tokens, ROW_THREADS)?) }?;
-        Ok(())
+        self.launch_rms_norm(rd(s, x), None, rd(s, weight), wr(s, out), tokens, hidden, eps)
     }
 
     /// `residual += x` (kept in bf16), then `out = rmsnorm(residual) * weight`:
@@ -135,21 +122,44 @@ impl Gpu {
         hidden: usize,
         eps: f32,
     ) -> Result<()> {
-        ensure(hidden % 8 == 0 && hidden > 0, || format!("hidden {hidden} must be a positive multiple of 8"))?;
         let s = &self.stream;
-        let (xp, x_len) = rd(s, x);
-        let (rp, residual_len) = wr(s, residual);
-        let (wp, weight_len) = rd(s, weight);
-        let (op, out_len) = wr(s, out);
+        self.launch_rms_norm(rd(s, x), Some(wr(s, residual)), rd(s, weight), wr(s, out), tokens, hidden, eps)
+    }
+
+    /// Both norms: `(address, length)` of each buffer; `residual` selects
+    /// the fused variant.
+    #[allow(clippy::too_many_arguments)]
+    fn launch_rms_norm(
+        &self,
+        (xp, x_len): (u64, usize),
+        residual: Option<(u64, usize)>,
+        (wp, weight_len): (u64, usize),
+        (op, out_len): (u64, usize),
+        tokens: usize,
+        hidden: usize,
+        eps: f32,
+    ) -> Result<()> {
+        ensure(hidden.is_multiple_of(8) && hidden > 0, || format!("hidden {hidden} must be a positive multiple of 8"))?;
         check_buf("x", xp, x_len, tokens * hidden)?;
-        check_buf("residual", rp, residual_len, tokens * hidden)?;
         check_buf("weight", wp, weight_len, hidden)?;
         check_buf("out", op, out_len, tokens * hidden)?;
         let h = i32_arg(hidden, "hidden")?;
-        let f = self.function("add_rms_norm_bf16")?;
-        let mut b = s.launch_builder(f);
-        b.arg(&xp).arg(&rp).arg(&wp).arg(&op).arg(&h).arg(&eps);
-        // SAFETY: as above.
+        let (name, rp) = match residual {
+            Some((rp, residual_len)) => {
+                check_buf("residual", rp, residual_len, tokens * hidden)?;
+                ("add_rms_norm_bf16", rp)
+            }
+            None => ("rms_norm_bf16", 0),
+        };
+        let f = self.function(name)?;
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&xp);
+        if residual.is_some() {
+            b.arg(&rp);
+        }
+        b.arg(&wp).arg(&op).arg(&h).arg(&eps);
+        // SAFETY: argument lists match rms_norm_bf16 / add_rms_norm_bf16;
+        // sizes checked above.
         unsafe { b.launch(grid(tokens, ROW_THREADS)?) }?;
         Ok(())
     }
@@ -208,7 +218,7 @@ impl Gpu {
         tokens: usize,
         intermediate: usize,
     ) -> Result<()> {
-        ensure(intermediate % 8 == 0 && intermediate > 0, || {
+        ensure(intermediate.is_multiple_of(8) && intermediate > 0, || {
             format!("intermediate {intermediate} must be a positive multiple of 8")
         })?;
         let s = &self.stream;

@@ -79,6 +79,35 @@ impl BatchMeta {
         Ok(meta)
     }
 
+    /// KV blocks that sequences of (new, context) token counts occupy.
+    pub fn blocks_needed(block_size: usize, seqs: &[(u32, u32)]) -> usize {
+        seqs.iter().map(|&(n, c)| (n as usize + c as usize).div_ceil(block_size.max(1))).sum()
+    }
+
+    /// Metadata for sequences of (new, context) token counts, each handed
+    /// the next blocks of `block_ids` in turn (tests and benchmarks pass a
+    /// shuffled list to scatter pages as a real cache does).
+    pub fn from_counts(block_size: usize, seqs: &[(u32, u32)], block_ids: &[u32]) -> Result<BatchMeta> {
+        ensure(block_ids.len() >= Self::blocks_needed(block_size, seqs), || {
+            format!("{} block ids for {} blocks", block_ids.len(), Self::blocks_needed(block_size, seqs))
+        })?;
+        let mut at = 0;
+        let tables: Vec<&[u32]> = seqs
+            .iter()
+            .map(|&(n, c)| {
+                let k = (n as usize + c as usize).div_ceil(block_size.max(1));
+                at += k;
+                &block_ids[at - k..at]
+            })
+            .collect();
+        let specs: Vec<SeqSpec> = seqs
+            .iter()
+            .zip(tables)
+            .map(|(&(n, c), t)| SeqSpec { new_tokens: n, context_tokens: c, block_table: t })
+            .collect();
+        BatchMeta::new(block_size, &specs)
+    }
+
     /// Sequences in the step (`S`).
     pub fn num_seqs(&self) -> usize {
         self.ctx_len.len()
@@ -195,5 +224,33 @@ impl DeviceMeta {
             positions: at(3),
             slot_mapping: at(4),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_follows_the_contract() {
+        // Block size 4: seq 0 has 2 cached + 3 new (blocks 9, 2), seq 1 one
+        // decode token after 4 cached (blocks 5, 7).
+        let meta = BatchMeta::from_counts(4, &[(3, 2), (1, 4)], &[9, 2, 5, 7]).unwrap();
+        assert_eq!(meta.cu_q, vec![0, 3, 4]);
+        assert_eq!(meta.ctx_len, vec![2, 4]);
+        assert_eq!(meta.max_blocks, 2);
+        assert_eq!(meta.block_tables, vec![9, 2, 5, 7]);
+        assert_eq!(meta.positions, vec![2, 3, 4, 4]);
+        assert_eq!(meta.slot_mapping, vec![9 * 4 + 2, 9 * 4 + 3, 2 * 4, 7 * 4]);
+        assert_eq!((meta.max_new_tokens(), meta.max_keys(), meta.max_block_id()), (3, 5, 9));
+    }
+
+    #[test]
+    fn short_tables_and_empty_sequences_are_errors() {
+        let err = BatchMeta::new(16, &[SeqSpec { new_tokens: 10, context_tokens: 10, block_table: &[1] }]);
+        assert!(err.unwrap_err().to_string().contains("20 tokens need 2 blocks of 16, table has 1"));
+        let err = BatchMeta::new(16, &[SeqSpec { new_tokens: 0, context_tokens: 3, block_table: &[1] }]);
+        assert!(err.unwrap_err().to_string().contains("no new tokens"));
+        assert!(BatchMeta::from_counts(16, &[(40, 0)], &[1, 2]).is_err());
     }
 }

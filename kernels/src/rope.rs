@@ -80,7 +80,7 @@ impl RopeTable {
         theta: f64,
         scaling: Option<&Llama3Scaling>,
     ) -> Result<RopeTable> {
-        ensure(head_dim % 2 == 0 && head_dim > 0, || format!("head_dim {head_dim} must be even"))?;
+        ensure(head_dim.is_multiple_of(2) && head_dim > 0, || format!("head_dim {head_dim} must be even"))?;
         ensure(max_pos > 0, || "max_pos must be positive".into())?;
         let (cos, sin) = cos_sin_table(head_dim, max_pos, theta, scaling);
         Ok(RopeTable { cos: gpu.upload(&cos)?, sin: gpu.upload(&sin)?, head_dim, max_pos })

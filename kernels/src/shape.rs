@@ -36,7 +36,7 @@ impl AttnShape {
         ensure(matches!(self.head_dim, 64 | 128), || {
             format!("head_dim {} unsupported (64 or 128)", self.head_dim)
         })?;
-        ensure(self.num_kv_heads > 0 && self.num_q_heads % self.num_kv_heads == 0, || {
+        ensure(self.num_kv_heads > 0 && self.num_q_heads.is_multiple_of(self.num_kv_heads), || {
             format!("{} query heads are not a multiple of {} kv heads", self.num_q_heads, self.num_kv_heads)
         })?;
         ensure(matches!(self.group(), 1 | 2 | 4 | 8), || {

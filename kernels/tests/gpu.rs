@@ -50,9 +50,9 @@ fn assert_close(what: &str, got: &[f32], want: &[f32], abs: f32, rel: f32) {
     let mut bad = 0usize;
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
         let err = (g - w).abs();
-        if !(err <= abs + rel * w.abs()) {
+        if err.is_nan() || err > abs + rel * w.abs() {
             bad += 1;
-            if !(err <= worst.1) {
+            if err.is_nan() || err > worst.1 {
                 worst = (i, err);
             }
         }
@@ -150,24 +150,12 @@ struct Batch {
 }
 
 fn batch(r: &mut ChaCha8Rng, block_size: usize, seqs: &[(u32, u32)]) -> Batch {
-    let need: Vec<usize> = seqs.iter().map(|(n, c)| ((n + c) as usize).div_ceil(block_size)).collect();
-    let num_blocks = need.iter().sum::<usize>() + 3;
+    let num_blocks = BatchMeta::blocks_needed(block_size, seqs) + 3;
     let mut ids: Vec<u32> = (0..num_blocks as u32).collect();
     for i in (1..ids.len()).rev() {
         ids.swap(i, r.random_range(0..=i));
     }
-    let mut tables = Vec::new();
-    let mut at = 0;
-    for n in &need {
-        tables.push(ids[at..at + n].to_vec());
-        at += n;
-    }
-    let specs: Vec<SeqSpec> = seqs
-        .iter()
-        .zip(&tables)
-        .map(|(&(n, c), t)| SeqSpec { new_tokens: n, context_tokens: c, block_table: t })
-        .collect();
-    Batch { meta: BatchMeta::new(block_size, &specs).unwrap(), num_blocks }
+    Batch { meta: BatchMeta::from_counts(block_size, seqs, &ids).unwrap(), num_blocks }
 }
 
 const SHAPES: [AttnShape; 5] = [

@@ -13,7 +13,7 @@ use anyhow::{Context, Result};
 use half::bf16;
 use servetwin_kernels::cudarc::driver::sys::CUevent_flags;
 use servetwin_kernels::cudarc::driver::CudaSlice;
-use servetwin_kernels::{AttnShape, BatchMeta, DeviceMeta, Gpu, SeqSpec};
+use servetwin_kernels::{AttnShape, BatchMeta, DeviceMeta, Gpu};
 
 /// Llama-3.1-8B (config.json: 32 heads, 8 kv heads, head_dim 128, hidden
 /// 4096, intermediate 14336).
@@ -60,23 +60,11 @@ fn random_bf16(gpu: &Gpu, n: usize, seed: u32, scale: f32) -> Result<CudaSlice<b
 /// A decode or prefill step's metadata: `seqs` of (new, context) tokens over
 /// a shuffled (deterministic) block assignment.
 fn step_meta(gpu: &Gpu, seqs: &[(u32, u32)]) -> Result<(DeviceMeta, usize)> {
-    let need: Vec<usize> = seqs.iter().map(|(n, c)| ((n + c) as usize).div_ceil(BLOCK_SIZE)).collect();
-    let num_blocks: usize = need.iter().sum();
+    let num_blocks = BatchMeta::blocks_needed(BLOCK_SIZE, seqs);
     // Scatter pages with a fixed odd stride (coprime with the count).
     let stride = (0..).map(|k| 7919 + 2 * k).find(|s| gcd(*s, num_blocks) == 1).unwrap_or(1);
     let ids: Vec<u32> = (0..num_blocks).map(|i| ((i * stride) % num_blocks) as u32).collect();
-    let mut tables = Vec::new();
-    let mut at = 0;
-    for n in &need {
-        tables.push(ids[at..at + n].to_vec());
-        at += n;
-    }
-    let specs: Vec<SeqSpec> = seqs
-        .iter()
-        .zip(&tables)
-        .map(|(&(n, c), t)| SeqSpec { new_tokens: n, context_tokens: c, block_table: t })
-        .collect();
-    Ok((BatchMeta::new(BLOCK_SIZE, &specs)?.upload(gpu)?, num_blocks))
+    Ok((BatchMeta::from_counts(BLOCK_SIZE, seqs, &ids)?.upload(gpu)?, num_blocks))
 }
 
 fn gcd(a: usize, b: usize) -> usize {
