@@ -1,0 +1,234 @@
+//! Launchers of paged attention: decode (one new token per sequence,
+//! split along the context and recombined) and prefill (ragged chunks over
+//! cached prefixes, tensor cores). Both read q from the fused qkv buffer
+//! (after `rope_write_kv`) and write `out[T, nq * hd]`.
+
+use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig, PushKernelArg};
+use cudarc::driver::sys::CUfunction_attribute;
+use half::bf16;
+
+use crate::error::{ensure, Result};
+use crate::gpu::Gpu;
+use crate::launch::{check_buf, rd, wr};
+use crate::meta::DeviceMeta;
+use crate::shape::AttnShape;
+
+const DECODE_THREADS: u32 = 128;
+const DECODE_WARPS: usize = 4;
+const PREFILL_THREADS: u32 = 128;
+/// Query rows per warp-level m16 tile, warps per block, keys per tile
+/// (see prefill_attention.cu).
+const PREFILL_ROWS_PER_MTILE: usize = 16;
+const PREFILL_WARPS: usize = 4;
+const PREFILL_BN: usize = 64;
+/// m-tiles per warp of the engine's prefill kernels.
+const PREFILL_MTILES: usize = 2;
+
+/// Keys per decode partition. Splits the longest context into enough
+/// partitions that `sequences × kv heads × partitions` is about four blocks
+/// per SM (enough loads in flight to saturate HBM), but no partition under
+/// 64 keys (each block must amortise its setup) or over 1024 (its scores
+/// live in shared memory); partitions are balanced, rounded up to 32 keys.
+pub fn decode_partition_keys(max_keys: usize, num_seqs: usize, num_kv_heads: usize, num_sms: u32) -> usize {
+    const MIN_KEYS: usize = 64;
+    const MAX_KEYS: usize = 1024;
+    let max_keys = max_keys.max(1);
+    let wanted = (4 * num_sms as usize).div_ceil((num_seqs * num_kv_heads).max(1));
+    let parts = wanted.min(max_keys.div_ceil(MIN_KEYS)).max(max_keys.div_ceil(MAX_KEYS)).max(1);
+    max_keys.div_ceil(parts).next_multiple_of(32).min(MAX_KEYS)
+}
+
+fn i32_of(v: usize) -> Result<i32> {
+    i32::try_from(v).map_err(|_| crate::KernelError::Invalid(format!("{v} exceeds i32")))
+}
+
+struct AttnPtrs {
+    q: u64,
+    k: u64,
+    v: u64,
+    out: u64,
+}
+
+impl Gpu {
+    #[allow(clippy::too_many_arguments)]
+    fn attn_ptrs(
+        &self,
+        qkv: &impl DevicePtr<bf16>,
+        k_cache: &impl DevicePtr<bf16>,
+        v_cache: &impl DevicePtr<bf16>,
+        meta: &DeviceMeta,
+        shape: &AttnShape,
+        out: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<AttnPtrs> {
+        shape.validate()?;
+        let s = &self.stream;
+        let (q, qkv_len) = rd(s, qkv);
+        let (k, k_cache_len) = rd(s, k_cache);
+        let (v, v_cache_len) = rd(s, v_cache);
+        let (o, out_len) = wr(s, out);
+        check_buf("qkv", q, qkv_len, meta.num_tokens * shape.qkv_width())?;
+        let cache_need = shape.cache_len(meta.max_block_id + 1, meta.block_size);
+        check_buf("k_cache", k, k_cache_len, cache_need)?;
+        check_buf("v_cache", v, v_cache_len, cache_need)?;
+        check_buf("out", o, out_len, meta.num_tokens * shape.out_width())?;
+        Ok(AttnPtrs { q, k, v, out: o })
+    }
+
+    /// Attention of one new token per sequence over keys `0..=ctx_len[s]`
+    /// (the token's own k/v already written by `rope_write_kv`). Errors if
+    /// some sequence of `meta` has more than one new token.
+    pub fn decode_attention(
+        &self,
+        qkv: &impl DevicePtr<bf16>,
+        k_cache: &impl DevicePtr<bf16>,
+        v_cache: &impl DevicePtr<bf16>,
+        meta: &DeviceMeta,
+        shape: &AttnShape,
+        out: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        ensure(meta.max_new_tokens == 1 && meta.num_tokens == meta.num_seqs, || {
+            "decode attention needs exactly one new token per sequence".into()
+        })?;
+        let p = self.attn_ptrs(qkv, k_cache, v_cache, meta, shape, out)?;
+        let m = meta.ptrs(self);
+        let (hd, g) = (shape.head_dim, shape.group());
+        let part = decode_partition_keys(meta.max_keys, meta.num_seqs, shape.num_kv_heads, self.num_sms);
+        let max_parts = meta.max_keys.div_ceil(part);
+        let slots = meta.num_seqs * shape.num_q_heads * max_parts;
+        let scratch_len = if max_parts > 1 { slots * (hd + 2) } else { 1 };
+        let smem_floats = (g * part).max(DECODE_WARPS * g * hd);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let (q_stride, out_stride) = (i32_of(shape.qkv_width())?, i32_of(shape.out_width())?);
+        let (max_blocks, nkv, bs) =
+            (i32_of(meta.max_blocks)?, i32_of(shape.num_kv_heads)?, i32_of(meta.block_size)?);
+        let (part_i, max_parts_i) = (i32_of(part)?, i32_of(max_parts)?);
+        self.with_scratch(scratch_len, |ws| {
+            let (ws_acc, _) = rd(&self.stream, ws);
+            let ws_ml = ws_acc + (slots * hd * 4) as u64;
+            let f = self.function(&format!("decode_attn_hd{hd}_g{g}"))?;
+            let mut b = self.stream.launch_builder(f);
+            b.arg(&p.q).arg(&q_stride).arg(&p.k).arg(&p.v).arg(&m.cu_q).arg(&m.ctx_len);
+            b.arg(&m.block_tables).arg(&max_blocks).arg(&nkv).arg(&bs).arg(&part_i).arg(&max_parts_i);
+            b.arg(&scale).arg(&p.out).arg(&out_stride).arg(&ws_acc).arg(&ws_ml);
+            let cfg = LaunchConfig {
+                grid_dim: (shape.num_kv_heads as u32, meta.num_seqs as u32, max_parts as u32),
+                block_dim: (DECODE_THREADS, 1, 1),
+                shared_mem_bytes: (smem_floats * 4) as u32,
+            };
+            // SAFETY: arguments match decode_attn_impl; buffers checked in
+            // attn_ptrs; the workspace holds `slots` partials.
+            unsafe { b.launch(cfg) }?;
+            if max_parts > 1 {
+                let (nq, hd_i) = (i32_of(shape.num_q_heads)?, i32_of(hd)?);
+                let f = self.function("decode_combine")?;
+                let mut b = self.stream.launch_builder(f);
+                b.arg(&ws_acc).arg(&ws_ml).arg(&m.cu_q).arg(&m.ctx_len).arg(&nq).arg(&hd_i);
+                b.arg(&part_i).arg(&max_parts_i).arg(&p.out).arg(&out_stride);
+                let cfg = LaunchConfig {
+                    grid_dim: (shape.num_q_heads as u32, meta.num_seqs as u32, 1),
+                    block_dim: (hd as u32, 1, 1),
+                    shared_mem_bytes: 0,
+                };
+                // SAFETY: as above.
+                unsafe { b.launch(cfg) }?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Causal attention of every new token over its sequence's cache: token
+    /// j of sequence s sees positions `0..=ctx_len[s] + j` (its chunk's k/v
+    /// written by `rope_write_kv` first). Any ragged mix, single tokens too.
+    pub fn prefill_attention(
+        &self,
+        qkv: &impl DevicePtr<bf16>,
+        k_cache: &impl DevicePtr<bf16>,
+        v_cache: &impl DevicePtr<bf16>,
+        meta: &DeviceMeta,
+        shape: &AttnShape,
+        out: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        let name = format!("prefill_attn_hd{}_g{}", shape.head_dim, shape.group());
+        self.prefill_attention_kernel(&name, PREFILL_MTILES, qkv, k_cache, v_cache, meta, shape, out)
+    }
+
+    /// The benchmark's comparison point: the prefill kernel with one m-tile
+    /// (64 query rows) per block, Llama-3-8B shape (hd 128, group 4) only.
+    #[doc(hidden)]
+    pub fn prefill_attention_one_mtile(
+        &self,
+        qkv: &impl DevicePtr<bf16>,
+        k_cache: &impl DevicePtr<bf16>,
+        v_cache: &impl DevicePtr<bf16>,
+        meta: &DeviceMeta,
+        shape: &AttnShape,
+        out: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        ensure(shape.head_dim == 128 && shape.group() == 4, || "one-m-tile prefill exists for hd 128, group 4".into())?;
+        self.prefill_attention_kernel("prefill_attn_hd128_g4_mt1", 1, qkv, k_cache, v_cache, meta, shape, out)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn prefill_attention_kernel(
+        &self,
+        name: &str,
+        m_tiles: usize,
+        qkv: &impl DevicePtr<bf16>,
+        k_cache: &impl DevicePtr<bf16>,
+        v_cache: &impl DevicePtr<bf16>,
+        meta: &DeviceMeta,
+        shape: &AttnShape,
+        out: &mut impl DevicePtrMut<bf16>,
+    ) -> Result<()> {
+        let p = self.attn_ptrs(qkv, k_cache, v_cache, meta, shape, out)?;
+        let m = meta.ptrs(self);
+        let (hd, g) = (shape.head_dim, shape.group());
+        let block_rows = PREFILL_WARPS * PREFILL_ROWS_PER_MTILE * m_tiles;
+        let tiles = meta.max_new_tokens.div_ceil(block_rows / g);
+        let smem = ((block_rows + 4 * PREFILL_BN) * hd * 2) as u32;
+        let f = self.function(name)?;
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            smem as i32,
+        )?;
+        // exp2 in the kernel: fold log2(e) into the softmax scale.
+        let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
+        let (q_stride, out_stride) = (i32_of(shape.qkv_width())?, i32_of(shape.out_width())?);
+        let (max_blocks, nkv, bs) =
+            (i32_of(meta.max_blocks)?, i32_of(shape.num_kv_heads)?, i32_of(meta.block_size)?);
+        let mut b = self.stream.launch_builder(f);
+        b.arg(&p.q).arg(&q_stride).arg(&p.k).arg(&p.v).arg(&m.cu_q).arg(&m.ctx_len);
+        b.arg(&m.block_tables).arg(&max_blocks).arg(&nkv).arg(&bs).arg(&scale_log2);
+        b.arg(&p.out).arg(&out_stride);
+        let cfg = LaunchConfig {
+            grid_dim: (tiles as u32, meta.num_seqs as u32, shape.num_kv_heads as u32),
+            block_dim: (PREFILL_THREADS, 1, 1),
+            shared_mem_bytes: smem,
+        };
+        // SAFETY: arguments match prefill_attn_impl; buffers checked above.
+        unsafe { b.launch(cfg) }?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partitions_shrink_for_small_batches_and_stay_in_bounds() {
+        // Llama-3.1-8B on 132 SMs: batch 1 at 4096 keys splits finely…
+        assert_eq!(decode_partition_keys(4096, 1, 8, 132), 64);
+        // …batch 32 at 1025 keys into three balanced parts…
+        assert_eq!(decode_partition_keys(1025, 32, 8, 132), 352);
+        // …batch 128 need not split, but scores must fit shared memory.
+        assert_eq!(decode_partition_keys(4097, 128, 8, 132), 832);
+        assert_eq!(decode_partition_keys(1, 1, 1, 132), 32);
+        for keys in [1, 63, 64, 65, 1000, 4097, 100_000] {
+            for seqs in [1, 7, 256] {
+                let p = decode_partition_keys(keys, seqs, 8, 132);
+                assert!((32..=1024).contains(&p), "{keys} keys, {seqs} seqs: {p}");
+            }
+        }
+    }
+}

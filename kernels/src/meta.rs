@@ -1,0 +1,256 @@
+//! Ragged-batch metadata: the host-side description of one step (which
+//! sequences, how many new tokens each, how much context, which KV blocks)
+//! and its device copy, uploaded in one transfer.
+
+use cudarc::driver::{CudaSlice, DevicePtr};
+
+use crate::error::{ensure, Result};
+use crate::gpu::Gpu;
+
+/// One sequence of a step, as the scheduler hands it over.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqSpec<'a> {
+    /// Tokens computed this step (prompt chunk, 1 for decode, k+1 to verify).
+    pub new_tokens: u32,
+    /// Tokens already in the KV cache before this step.
+    pub context_tokens: u32,
+    /// Physical KV block ids, logical order; must cover context + new tokens.
+    pub block_table: &'a [u32],
+}
+
+/// The step's metadata on the host, in exactly the layout the kernels read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchMeta {
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Prefix sums of new tokens per sequence, `S + 1` entries.
+    pub cu_q: Vec<i32>,
+    /// Tokens in the cache before this step, per sequence.
+    pub ctx_len: Vec<i32>,
+    /// Row stride of `block_tables`.
+    pub max_blocks: usize,
+    /// `S * max_blocks` block ids, each row padded with 0.
+    pub block_tables: Vec<i32>,
+    /// Absolute position `ctx + j` of each new token, `T` entries.
+    pub positions: Vec<i32>,
+    /// Flat cache slot `block * block_size + offset` of each new token.
+    pub slot_mapping: Vec<i32>,
+}
+
+impl BatchMeta {
+    /// Builds the metadata, checking that every table covers its sequence
+    /// and that every count fits the kernels' 32-bit indices.
+    pub fn new(block_size: usize, seqs: &[SeqSpec<'_>]) -> Result<BatchMeta> {
+        ensure(block_size > 0, || "block_size must be positive".into())?;
+        ensure(!seqs.is_empty(), || "a batch needs at least one sequence".into())?;
+        let max_blocks = seqs.iter().map(|s| s.block_table.len()).max().unwrap_or(0).max(1);
+        let mut meta = BatchMeta {
+            block_size,
+            cu_q: vec![0],
+            ctx_len: Vec::with_capacity(seqs.len()),
+            max_blocks,
+            block_tables: vec![0; seqs.len() * max_blocks],
+            positions: Vec::new(),
+            slot_mapping: Vec::new(),
+        };
+        for (i, s) in seqs.iter().enumerate() {
+            ensure(s.new_tokens > 0, || format!("sequence {i} has no new tokens"))?;
+            let total = s.context_tokens as usize + s.new_tokens as usize;
+            let needed = total.div_ceil(block_size);
+            ensure(s.block_table.len() >= needed, || {
+                format!(
+                    "sequence {i}: {total} tokens need {needed} blocks of {block_size}, table has {}",
+                    s.block_table.len()
+                )
+            })?;
+            for (j, &b) in s.block_table.iter().enumerate() {
+                meta.block_tables[i * max_blocks + j] = to_i32(b as usize, "block id")?;
+            }
+            let last = *meta.cu_q.last().expect("cu_q starts with 0") as usize;
+            meta.cu_q.push(to_i32(last + s.new_tokens as usize, "token count")?);
+            meta.ctx_len.push(to_i32(s.context_tokens as usize, "context length")?);
+            for j in 0..s.new_tokens as usize {
+                let pos = s.context_tokens as usize + j;
+                let block = s.block_table[pos / block_size] as usize;
+                meta.positions.push(to_i32(pos, "position")?);
+                meta.slot_mapping.push(to_i32(block * block_size + pos % block_size, "slot")?);
+            }
+        }
+        Ok(meta)
+    }
+
+    /// KV blocks that sequences of (new, context) token counts occupy.
+    pub fn blocks_needed(block_size: usize, seqs: &[(u32, u32)]) -> usize {
+        seqs.iter().map(|&(n, c)| (n as usize + c as usize).div_ceil(block_size.max(1))).sum()
+    }
+
+    /// Metadata for sequences of (new, context) token counts, each handed
+    /// the next blocks of `block_ids` in turn (tests and benchmarks pass a
+    /// shuffled list to scatter pages as a real cache does).
+    pub fn from_counts(block_size: usize, seqs: &[(u32, u32)], block_ids: &[u32]) -> Result<BatchMeta> {
+        ensure(block_ids.len() >= Self::blocks_needed(block_size, seqs), || {
+            format!("{} block ids for {} blocks", block_ids.len(), Self::blocks_needed(block_size, seqs))
+        })?;
+        let mut at = 0;
+        let tables: Vec<&[u32]> = seqs
+            .iter()
+            .map(|&(n, c)| {
+                let k = (n as usize + c as usize).div_ceil(block_size.max(1));
+                at += k;
+                &block_ids[at - k..at]
+            })
+            .collect();
+        let specs: Vec<SeqSpec> = seqs
+            .iter()
+            .zip(tables)
+            .map(|(&(n, c), t)| SeqSpec { new_tokens: n, context_tokens: c, block_table: t })
+            .collect();
+        BatchMeta::new(block_size, &specs)
+    }
+
+    /// Sequences in the step (`S`).
+    pub fn num_seqs(&self) -> usize {
+        self.ctx_len.len()
+    }
+
+    /// New tokens in the step (`T`).
+    pub fn num_tokens(&self) -> usize {
+        self.positions.len()
+    }
+
+    /// New tokens of sequence `s`.
+    pub fn new_tokens(&self, s: usize) -> usize {
+        (self.cu_q[s + 1] - self.cu_q[s]) as usize
+    }
+
+    /// The most new tokens any one sequence has.
+    pub fn max_new_tokens(&self) -> usize {
+        (0..self.num_seqs()).map(|s| self.new_tokens(s)).max().unwrap_or(0)
+    }
+
+    /// The most keys any one sequence attends to (context + new tokens).
+    pub fn max_keys(&self) -> usize {
+        (0..self.num_seqs())
+            .map(|s| self.ctx_len[s] as usize + self.new_tokens(s))
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Largest block id referenced by any sequence's used blocks.
+    fn max_block_id(&self) -> usize {
+        (0..self.num_seqs())
+            .flat_map(|s| {
+                let used = (self.ctx_len[s] as usize + self.new_tokens(s)).div_ceil(self.block_size);
+                self.block_tables[s * self.max_blocks..s * self.max_blocks + used].iter().copied()
+            })
+            .max()
+            .unwrap_or(0) as usize
+    }
+
+    /// Copies the metadata to the device in one transfer.
+    pub fn upload(&self, gpu: &Gpu) -> Result<DeviceMeta> {
+        let mut packed = Vec::with_capacity(
+            self.cu_q.len() + self.ctx_len.len() + self.block_tables.len() + 2 * self.positions.len(),
+        );
+        let mut offsets = [0usize; 5];
+        for (k, part) in [&self.cu_q, &self.ctx_len, &self.block_tables, &self.positions, &self.slot_mapping]
+            .into_iter()
+            .enumerate()
+        {
+            offsets[k] = packed.len();
+            packed.extend_from_slice(part);
+        }
+        Ok(DeviceMeta {
+            buf: gpu.upload(&packed)?,
+            offsets,
+            num_seqs: self.num_seqs(),
+            num_tokens: self.num_tokens(),
+            max_blocks: self.max_blocks,
+            block_size: self.block_size,
+            max_new_tokens: self.max_new_tokens(),
+            max_keys: self.max_keys(),
+            max_block_id: self.max_block_id(),
+            max_position: self.positions.iter().copied().max().unwrap_or(0) as usize,
+        })
+    }
+}
+
+fn to_i32(v: usize, what: &str) -> Result<i32> {
+    i32::try_from(v).map_err(|_| crate::KernelError::Invalid(format!("{what} {v} exceeds i32")))
+}
+
+/// The step's metadata on the device, plus the host-side summary the
+/// launchers size their grids with.
+#[derive(Debug)]
+pub struct DeviceMeta {
+    buf: CudaSlice<i32>,
+    offsets: [usize; 5],
+    /// `S`.
+    pub num_seqs: usize,
+    /// `T`.
+    pub num_tokens: usize,
+    /// Row stride of the block tables.
+    pub max_blocks: usize,
+    /// Tokens per KV block.
+    pub block_size: usize,
+    /// Most new tokens of any sequence.
+    pub max_new_tokens: usize,
+    /// Most keys (context + new) of any sequence.
+    pub max_keys: usize,
+    /// Largest block id in use (checked against the cache's size).
+    pub max_block_id: usize,
+    /// Largest position (checked against the RoPE table's length).
+    pub max_position: usize,
+}
+
+/// Device addresses of the five metadata arrays.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct MetaPtrs {
+    pub cu_q: u64,
+    pub ctx_len: u64,
+    pub block_tables: u64,
+    pub positions: u64,
+    pub slot_mapping: u64,
+}
+
+impl DeviceMeta {
+    pub(crate) fn ptrs(&self, gpu: &Gpu) -> MetaPtrs {
+        let (base, _sync) = self.buf.device_ptr(&gpu.stream);
+        let at = |k: usize| base + (self.offsets[k] * std::mem::size_of::<i32>()) as u64;
+        MetaPtrs {
+            cu_q: at(0),
+            ctx_len: at(1),
+            block_tables: at(2),
+            positions: at(3),
+            slot_mapping: at(4),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layout_follows_the_contract() {
+        // Block size 4: seq 0 has 2 cached + 3 new (blocks 9, 2), seq 1 one
+        // decode token after 4 cached (blocks 5, 7).
+        let meta = BatchMeta::from_counts(4, &[(3, 2), (1, 4)], &[9, 2, 5, 7]).unwrap();
+        assert_eq!(meta.cu_q, vec![0, 3, 4]);
+        assert_eq!(meta.ctx_len, vec![2, 4]);
+        assert_eq!(meta.max_blocks, 2);
+        assert_eq!(meta.block_tables, vec![9, 2, 5, 7]);
+        assert_eq!(meta.positions, vec![2, 3, 4, 4]);
+        assert_eq!(meta.slot_mapping, vec![9 * 4 + 2, 9 * 4 + 3, 2 * 4, 7 * 4]);
+        assert_eq!((meta.max_new_tokens(), meta.max_keys(), meta.max_block_id()), (3, 5, 9));
+    }
+
+    #[test]
+    fn short_tables_and_empty_sequences_are_errors() {
+        let err = BatchMeta::new(16, &[SeqSpec { new_tokens: 10, context_tokens: 10, block_table: &[1] }]);
+        assert!(err.unwrap_err().to_string().contains("20 tokens need 2 blocks of 16, table has 1"));
+        let err = BatchMeta::new(16, &[SeqSpec { new_tokens: 0, context_tokens: 3, block_table: &[1] }]);
+        assert!(err.unwrap_err().to_string().contains("no new tokens"));
+        assert!(BatchMeta::from_counts(16, &[(40, 0)], &[1, 2]).is_err());
+    }
+}
