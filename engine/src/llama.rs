@@ -29,7 +29,7 @@ pub struct Llama<B: Backend> {
     norm: B::Weight,
     /// None: tied to the embedding table.
     lm_head: Option<B::Weight>,
-    cos_sin: B::Weight,
+    rope: B::Rope,
 }
 
 /// Stacks tensors row-wise (each [rows_i, cols]) into one host buffer.
@@ -83,7 +83,7 @@ impl<B: Backend> Llama<B> {
             layers,
             norm: one("model.norm.weight")?,
             lm_head: if config.tie_word_embeddings { None } else { Some(one("lm_head.weight")?) },
-            cos_sin: b.weight(&table, &[max_positions as usize, config.head_dim as usize])?,
+            rope: b.rope(&table, max_positions, config.head_dim)?,
         })
     }
 
@@ -99,20 +99,20 @@ impl<B: Backend> Llama<B> {
                 Some(h) => b.add_rms_norm(h, &mut residual, &layer.attn_norm, eps)?,
             };
             let qkv = b.linear(&x, &layer.qkv)?;
-            let q = b.rope_store_kv(&qkv, &self.cos_sin, cache, meta, self.shape)?;
+            let q = b.rope_store_kv(qkv, &self.rope, cache, meta, self.shape)?;
             let attn = b.attention(&q, cache, meta, self.shape)?;
             let o = b.linear(&attn, &layer.o)?;
             let x = b.add_rms_norm(&o, &mut residual, &layer.mlp_norm, eps)?;
             let gate_up = b.linear(&x, &layer.gate_up)?;
             mlp_out = Some(b.linear(&b.silu_mul(&gate_up)?, &layer.down)?);
         }
-        if let Some(h) = &mlp_out {
-            b.add(&mut residual, h)?;
-        }
-        // Only rows that sample need the final norm and the LM head.
-        let rows = b.sample_rows(&residual, meta)?;
-        let x = b.rms_norm(&rows, &self.norm, eps)?;
-        b.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed))
+        let x = match &mlp_out {
+            Some(h) => b.add_rms_norm(h, &mut residual, &self.norm, eps)?,
+            None => b.rms_norm(&residual, &self.norm, eps)?,
+        };
+        // Only rows that sample need the LM head.
+        let rows = b.sample_rows(&x, meta)?;
+        b.linear(&rows, self.lm_head.as_ref().unwrap_or(&self.embed))
     }
 
     /// One layer's KV cache for `num_blocks` blocks of `block_size` tokens.

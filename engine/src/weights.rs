@@ -53,24 +53,38 @@ pub fn expected_tensors(m: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 
 impl HostWeights {
     /// Norm weights 1; every other tensor uniform with mean 0 and standard
-    /// deviation `std`, from a ChaCha stream per tensor keyed by the seed
-    /// and the tensor's name (so a tensor does not change when others do).
+    /// deviation `std`. Each chunk of 64 Ki values draws from its own ChaCha
+    /// stream keyed by the seed, the tensor's name and the chunk's index, so
+    /// a tensor does not change when others do, and the chunks of an 8B
+    /// model fill in parallel on every core.
     pub fn dummy(m: &ModelConfig, seed: u64, std: f64) -> HostWeights {
+        const CHUNK: usize = 1 << 16;
         let half_width = (std * 3f64.sqrt()) as f32; // U(−a, a) has σ = a/√3
-        let tensors = expected_tensors(m)
+        let mut tensors: BTreeMap<String, HostTensor> = expected_tensors(m)
             .into_iter()
             .map(|(name, shape)| {
                 let n = shape.iter().product();
-                let data = if name.ends_with("norm.weight") {
-                    vec![1.0; n]
-                } else {
-                    let key = name.bytes().fold(mix64(seed ^ 0xD0_33E5), |h, b| mix64(h ^ b as u64));
-                    let mut rng = ChaCha8Rng::seed_from_u64(key);
-                    (0..n).map(|_| rng.random_range(-half_width..half_width)).collect()
-                };
-                (name, HostTensor { shape, data })
+                let fill = if name.ends_with("norm.weight") { 1.0 } else { 0.0 };
+                (name, HostTensor { shape, data: vec![fill; n] })
             })
             .collect();
+        let mut jobs: Vec<(u64, &mut [f32])> = Vec::new();
+        for (name, t) in tensors.iter_mut().filter(|(n, _)| !n.ends_with("norm.weight")) {
+            let key = name.bytes().fold(mix64(seed ^ 0xD0_33E5), |h, b| mix64(h ^ b as u64));
+            jobs.extend(t.data.chunks_mut(CHUNK).enumerate().map(|(i, c)| (mix64(key ^ i as u64), c)));
+        }
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let per = jobs.len().div_ceil(threads).max(1);
+        std::thread::scope(|s| {
+            for part in jobs.chunks_mut(per) {
+                s.spawn(move || {
+                    for (key, chunk) in part.iter_mut() {
+                        let mut rng = ChaCha8Rng::seed_from_u64(*key);
+                        chunk.iter_mut().for_each(|x| *x = rng.random_range(-half_width..half_width));
+                    }
+                });
+            }
+        });
         HostWeights { tensors }
     }
 

@@ -46,6 +46,7 @@ impl Backend for CpuBackend {
     type Weight = Tensor;
     type KvCache = CpuKv;
     type Meta = CpuMeta;
+    type Rope = Tensor;
 
     fn name(&self) -> &'static str {
         "cpu"
@@ -78,6 +79,10 @@ impl Backend for CpuBackend {
         })
     }
 
+    fn rope(&self, cos_sin: &[f32], max_pos: u32, head_dim: u32) -> Result<Tensor> {
+        self.weight(cos_sin, &[max_pos as usize, head_dim as usize])
+    }
+
     fn meta(&self, batch: &BatchMeta) -> Result<CpuMeta> {
         let ids = Tensor::from_slice(&batch.token_ids, batch.token_ids.len(), &Device::Cpu)?;
         let positions = Tensor::from_slice(&batch.positions, batch.positions.len(), &Device::Cpu)?;
@@ -103,10 +108,10 @@ impl Backend for CpuBackend {
         Ok(x.matmul(&w.t()?)?)
     }
 
-    fn rope_store_kv(&self, qkv: &Tensor, cos_sin: &Tensor, kv: &mut CpuKv, meta: &CpuMeta, s: AttnShape) -> Result<Tensor> {
+    fn rope_store_kv(&self, qkv: Tensor, cos_sin: &Tensor, kv: &mut CpuKv, meta: &CpuMeta, s: AttnShape) -> Result<Tensor> {
         let (nq, nkv, hd) = (s.q_heads as usize, s.kv_heads as usize, s.head_dim as usize);
         let width = (nq + 2 * nkv) * hd;
-        let mut x = host(qkv)?;
+        let mut x = host(&qkv)?;
         // The table's rows at this batch's positions, [T, head_dim].
         let rows = host(&cos_sin.index_select(&meta.positions, 0)?)?;
         let b = &meta.batch;
@@ -176,11 +181,6 @@ impl Backend for CpuBackend {
     fn silu_mul(&self, gate_up: &Tensor) -> Result<Tensor> {
         let i = gate_up.dim(1)? / 2;
         Ok((gate_up.narrow(1, 0, i)?.silu()? * gate_up.narrow(1, i, i)?)?)
-    }
-
-    fn add(&self, a: &mut Tensor, b: &Tensor) -> Result<()> {
-        *a = (&*a + b)?;
-        Ok(())
     }
 
     fn sample_rows(&self, x: &Tensor, meta: &CpuMeta) -> Result<Tensor> {

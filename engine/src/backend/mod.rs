@@ -129,6 +129,8 @@ pub trait Backend {
     type KvCache;
     /// A step's batch metadata where the kernels read it.
     type Meta;
+    /// The rotary cos/sin table.
+    type Rope;
 
     fn name(&self) -> &'static str;
     /// Bytes of one stored value (weights, activations, KV).
@@ -138,6 +140,9 @@ pub trait Backend {
     /// A weight from host f32 values (converted to the backend's dtype).
     fn weight(&self, data: &[f32], shape: &[usize]) -> Result<Self::Weight>;
     fn kv_cache(&self, num_blocks: u32, block_size: u32, kv_heads: u32, head_dim: u32) -> Result<Self::KvCache>;
+    /// The table of `rope::cos_sin_table`: row p holds cos(p·f) for every
+    /// frequency, then sin(p·f) ([max_pos, head_dim]).
+    fn rope(&self, cos_sin: &[f32], max_pos: u32, head_dim: u32) -> Result<Self::Rope>;
     fn meta(&self, batch: &BatchMeta) -> Result<Self::Meta>;
     /// Rows of `table` [vocab, hidden] for the batch's token ids.
     fn embed(&self, table: &Self::Weight, meta: &Self::Meta) -> Result<Self::Tensor>;
@@ -147,13 +152,14 @@ pub trait Backend {
     fn add_rms_norm(&self, x: &Self::Tensor, residual: &mut Self::Tensor, w: &Self::Weight, eps: f64) -> Result<Self::Tensor>;
     /// x · wᵀ.
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor>;
-    /// From fused [q | k | v] rows: rotates q and k by their positions
-    /// (`cos_sin`: the rope table, [max_pos, head_dim]: cos halves then sin
-    /// halves), writes k and v to their cache slots and returns q.
+    /// From fused [q | k | v] rows: rotates q and k by their positions,
+    /// writes k and v to their cache slots and returns the rotated queries
+    /// in the backend's own layout (q alone, or the fused rows rotated in
+    /// place), which only `attention` reads.
     fn rope_store_kv(
         &self,
-        qkv: &Self::Tensor,
-        cos_sin: &Self::Weight,
+        qkv: Self::Tensor,
+        rope: &Self::Rope,
         kv: &mut Self::KvCache,
         meta: &Self::Meta,
         shape: AttnShape,
@@ -163,8 +169,6 @@ pub trait Backend {
     fn attention(&self, q: &Self::Tensor, kv: &Self::KvCache, meta: &Self::Meta, shape: AttnShape) -> Result<Self::Tensor>;
     /// SiLU(gate) · up from fused [gate | up] rows.
     fn silu_mul(&self, gate_up: &Self::Tensor) -> Result<Self::Tensor>;
-    /// a += b.
-    fn add(&self, a: &mut Self::Tensor, b: &Self::Tensor) -> Result<()>;
     /// The batch's sampled rows (`BatchMeta::sample_rows`).
     fn sample_rows(&self, x: &Self::Tensor, meta: &Self::Meta) -> Result<Self::Tensor>;
     /// One token per row of `logits`.
