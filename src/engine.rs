@@ -5,8 +5,10 @@ use std::path::Path;
 
 use anyhow::Context;
 use servetwin_engine::backend::cpu::CpuBackend;
+use servetwin_engine::backend::Backend;
 use servetwin_engine::driver::{self, Mode};
 use servetwin_engine::executor::WallClock;
+use servetwin_engine::EngineError;
 use servetwin_sim::des::Simulation;
 use servetwin_sim::metrics::Summary;
 use servetwin_sim::scenario::Loaded;
@@ -15,6 +17,8 @@ use servetwin_sim::scenario::Loaded;
 pub enum BackendKind {
     /// f32 on the CPU (candle-core): the numerical reference.
     Cpu,
+    /// bf16 on GPU 0 (a binary built with `--features cuda`).
+    Cuda,
 }
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -32,11 +36,124 @@ impl ModeArg {
     }
 }
 
-pub fn run(loaded: &Loaded, dir: &Path, backend: BackendKind, quiet: bool) -> anyhow::Result<Summary> {
+/// Runs `loaded` on `backend`; `reload(blocks)` loads the scenario again
+/// with `scheduler.num_gpu_blocks_override = blocks`, which is how a GPU
+/// backend's measured KV pool size reaches the scheduler (and the resolved
+/// scenario). `loaded` is left as the run used it.
+pub fn run(
+    loaded: &mut Loaded,
+    reload: impl Fn(u32) -> anyhow::Result<Loaded>,
+    dir: &Path,
+    backend: BackendKind,
+    quiet: bool,
+) -> anyhow::Result<Summary> {
+    match backend {
+        BackendKind::Cpu => run_on(CpuBackend, loaded, reload, dir, quiet),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => {
+            let b = servetwin_engine::backend::cuda::CudaBackend::new(0)?;
+            run_on(b, loaded, reload, dir, quiet)
+        }
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Err(no_cuda().into()),
+    }
+}
+
+/// `engine bench`: the model named, dummy weights, every KV block the
+/// device holds (2,048 on the CPU), the grid of `servetwin_engine::bench`.
+pub fn bench(model: &str, set: &[String], backend: BackendKind, quick: bool, out: &Path) -> anyhow::Result<()> {
+    // A scenario in memory: the model, and step limits wide enough for the
+    // grid's largest prefill.
+    let mut text = format!(
+        "[model]\nname = {model:?}\n[scheduler]\nmax_num_batched_tokens = 8192\nmax_num_seqs = 256\nmax_model_len = 8448\n"
+    );
+    if matches!(backend, BackendKind::Cpu) {
+        text += "num_gpu_blocks_override = 2048\n";
+    }
+    let loaded = servetwin_sim::scenario::load_str(&text, Path::new("engine-bench.toml"), set)?;
+    match backend {
+        BackendKind::Cpu => bench_on(CpuBackend, &loaded, quick, out),
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => bench_on(servetwin_engine::backend::cuda::CudaBackend::new(0)?, &loaded, quick, out),
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => Err(no_cuda().into()),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn no_cuda() -> EngineError {
+    EngineError::Unsupported {
+        key: "--backend cuda".into(),
+        msg: "a binary built with the CUDA backend: cargo build --release --features cuda".into(),
+    }
+}
+
+fn bench_on<B: Backend>(b: B, loaded: &Loaded, quick: bool, out: &Path) -> anyhow::Result<()> {
+    use servetwin_engine::bench;
+    let model = driver::load_model(&b, loaded)?;
+    let block_size = loaded.scenario.scheduler.block_size_tokens;
+    let blocks = driver::kv_blocks_that_fit(&b, loaded).unwrap_or(2048);
+    let mut kv = model.kv_caches(&b, blocks, block_size)?;
+    let ceilings = b.ceilings()?;
+    let device = b.device_name();
+    println!("{} on {device} ({}), {blocks} KV blocks of {block_size}", loaded.model.name, b.name());
+    if let Some(c) = ceilings {
+        println!("ceilings: copy {:.0} GB/s, GEMM {:.0} TFLOP/s", c.copy_bytes_per_s / 1e9, c.gemm_flops_per_s / 1e12);
+    }
+    println!("{:<8}{:>7}{:>9}{:>9}{:>12}{:>11}{:>9}", "kind", "batch", "tokens", "context", "median ms", "floor ms", "ratio");
+    let opt = |x: Option<f64>, p: usize| x.map_or("—".to_string(), |v| format!("{v:.p$}"));
+    let (cases, skipped) = bench::run(&b, &model, &mut kv, blocks, block_size, bench::default_grid(quick), ceilings, |c| {
+        println!(
+            "{:<8}{:>7}{:>9}{:>9}{:>12.3}{:>11}{:>9}",
+            c.kind,
+            c.batch,
+            c.new_tokens,
+            c.context,
+            c.median_ms,
+            opt(c.floor_ms, 3),
+            opt(c.ratio, 2)
+        );
+    })?;
+    if skipped > 0 {
+        println!("{skipped} shapes skipped: their KV does not fit {blocks} blocks");
+    }
+    let json = serde_json::json!({
+        "model": loaded.model.name,
+        "backend": b.name(),
+        "device": device,
+        "kv_blocks": blocks,
+        "block_size": block_size,
+        "commit": std::env::var("SERVETWIN_COMMIT").unwrap_or_else(|_| "unknown".into()),
+        "date": chrono::Utc::now().to_rfc3339(),
+        "ceilings": ceilings,
+        "cases": cases,
+        "skipped": skipped,
+    });
+    std::fs::write(out, serde_json::to_string_pretty(&json)? + "\n").with_context(|| format!("writing {}", out.display()))?;
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+fn run_on<B: Backend>(
+    backend: B,
+    loaded: &mut Loaded,
+    reload: impl Fn(u32) -> anyhow::Result<Loaded>,
+    dir: &Path,
+    quiet: bool,
+) -> anyhow::Result<Summary> {
+    let model = driver::load_model(&backend, loaded)?;
+    if let Some(fit) = driver::kv_blocks_that_fit(&backend, loaded) {
+        match loaded.scenario.scheduler.num_gpu_blocks_override {
+            Some(n) if n > fit => {
+                let msg = format!("at most {fit} blocks on this {} after the weights and activations", backend.name());
+                return Err(EngineError::Unsupported { key: "scheduler.num_gpu_blocks_override".into(), msg }.into());
+            }
+            Some(_) => {}
+            None => *loaded = reload(fit)?,
+        }
+    }
     let clock = WallClock::default();
-    let mut executor = match backend {
-        BackendKind::Cpu => Some(driver::build(CpuBackend, loaded, clock.clone())?),
-    };
+    let mut executor = Some(driver::executor(backend, model, loaded, clock.clone())?);
     let mut sim = Simulation::new(loaded, |_| executor.take().expect("the engine runs one replica"))?;
     let pace = {
         let clock = clock.clone();
@@ -49,8 +166,7 @@ pub fn run(loaded: &Loaded, dir: &Path, backend: BackendKind, quiet: bool) -> an
         // Time starts now: loading the model and opening files are not part of the run.
         clock.start();
         Ok(())
-    });
-    let summary = summary?;
+    })?;
     sim.executors_mut()[0].flush().context("writing tokens.jsonl")?;
     Ok(summary)
 }

@@ -76,6 +76,25 @@ enum EngineCommand {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Time prefill and decode steps of a model on a backend, each beside
+    /// its floor (bytes over measured copy bandwidth, FLOPs over measured
+    /// GEMM rate); prints a table and writes JSON.
+    Bench {
+        /// Catalog model (dummy weights).
+        #[arg(long, default_value = "llama-3.1-8b")]
+        model: String,
+        #[arg(long, value_enum, default_value_t = engine::BackendKind::Cpu)]
+        backend: engine::BackendKind,
+        /// Any scenario key, e.g. --set model.num_layers=2
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// A small grid (2 prefills, 4 decodes), for a quick look.
+        #[arg(long)]
+        quick: bool,
+        /// JSON output file.
+        #[arg(long, default_value = "engine-bench.json")]
+        out: PathBuf,
+    },
 }
 
 /// Bad input exits 2 (design.md); anything else that fails exits 1.
@@ -131,11 +150,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Engine(EngineCommand::Bench { model, backend, set, quick, out }) => engine::bench(&model, &set, backend, quick, &out),
         Command::Engine(EngineCommand::Run { scenario, backend, mode, mut set, out, seed, quiet }) => {
             set.extend(mode.mode().overrides());
-            let loaded = scenario::load(&scenario, &set, seed)?;
+            let mut loaded = scenario::load(&scenario, &set, seed)?;
             let dir = out.unwrap_or_else(|| default_run_dir(&loaded.name));
-            let summary = engine::run(&loaded, &dir, backend, quiet)?;
+            let reload = |blocks: u32| {
+                let mut with = set.clone();
+                with.push(format!("scheduler.num_gpu_blocks_override={blocks}"));
+                Ok(scenario::load(&scenario, &with, seed)?)
+            };
+            let summary = engine::run(&mut loaded, reload, &dir, backend, quiet)?;
             if !quiet {
                 print_summary(&loaded, &summary, "engine run");
                 println!("run written to {}", dir.display());

@@ -68,14 +68,46 @@ pub fn footprint_bytes(loaded: &Loaded, elem_bytes: u64) -> (u64, u64) {
 
 /// Loads the weights and builds the executor for `loaded` on `backend`.
 pub fn build<B: Backend>(backend: B, loaded: &Loaded, clock: WallClock) -> Result<EngineExecutor<B>> {
+    let model = load_model(&backend, loaded)?;
+    executor(backend, model, loaded, clock)
+}
+
+/// Bytes of activations a step may hold at once, kept free beside the KV
+/// pool: a layer's live buffers for `max_num_batched_tokens` tokens, the
+/// logits of `max_num_seqs` rows, and 1 GiB for GEMM workspaces, attention
+/// partials and the allocator's slack (an estimate, generous on purpose:
+/// running out of memory is a bug, not an outcome).
+pub fn activation_reserve_bytes(loaded: &Loaded, elem_bytes: u64) -> u64 {
+    let m = &loaded.model;
+    let sch = &loaded.scenario.scheduler;
+    let per_token = 6 * m.hidden_size as u64 + m.q_dim() + 2 * m.kv_dim() + m.q_dim() + 3 * m.intermediate_size as u64;
+    let logits = sch.max_num_seqs as u64 * m.vocab_size as u64;
+    (sch.max_num_batched_tokens as u64 * per_token + 2 * logits) * elem_bytes + (1 << 30)
+}
+
+/// KV blocks that fit the memory `gpu_memory_utilization` leaves after the
+/// weights (already loaded) and the activation reserve, as vLLM sizes its
+/// pool after profiling; None where the backend cannot tell (the CPU).
+pub fn kv_blocks_that_fit<B: Backend>(backend: &B, loaded: &Loaded) -> Option<u32> {
+    let (free, total) = backend.device_memory()?;
+    let sch = &loaded.scenario.scheduler;
+    let allowed = (total as f64 * sch.gpu_memory_utilization) as u64;
+    let used = total - free;
+    let reserve = activation_reserve_bytes(loaded, backend.elem_bytes());
+    let block_bytes = sch.block_size_tokens as u64 * loaded.model.kv_bytes_per_token() / loaded.model.dtype.bytes() * backend.elem_bytes();
+    Some((allowed.saturating_sub(used + reserve) / block_bytes).min(u32::MAX as u64) as u32)
+}
+
+/// Checks `loaded` and loads its model's weights onto `backend`.
+pub fn load_model<B: Backend>(backend: &B, loaded: &Loaded) -> Result<Llama<B>> {
     check(loaded)?;
     let s = &loaded.scenario;
     let spec = s.engine.clone().unwrap_or_default();
     let m = &loaded.model;
     if let Some(budget) = backend.memory_budget_bytes() {
         let (w, kv) = footprint_bytes(loaded, backend.elem_bytes());
-        // Host copies of the weights exist beside the backend's while loading.
-        if 2 * w + kv > budget {
+        // Host copies of the weights may exist beside the backend's while loading.
+        if (1 + backend.host_copies_while_loading()) * w + kv > budget {
             let gb = |b: u64| b as f64 / 1e9;
             let msg = format!(
                 "a model and KV pool that fit the {} backend: {} needs {:.1} GB of weights (twice while loading) and \
@@ -95,8 +127,14 @@ pub fn build<B: Backend>(backend: B, loaded: &Loaded, clock: WallClock) -> Resul
         (LoadFormat::Safetensors, Some(dir)) => HostWeights::load_safetensors(dir, m)?,
         _ => HostWeights::dummy(m, s.seed, spec.init_std),
     };
-    let model = Llama::new(&backend, m, &weights, loaded.limits.max_model_len)?;
-    drop(weights);
+    Llama::new(backend, m, &weights, loaded.limits.max_model_len)
+}
+
+/// The executor of `model` on `backend`, with a KV pool of the scenario's
+/// size (`loaded.kv_blocks_per_replica`).
+pub fn executor<B: Backend>(backend: B, model: Llama<B>, loaded: &Loaded, clock: WallClock) -> Result<EngineExecutor<B>> {
+    let s = &loaded.scenario;
+    let spec = s.engine.clone().unwrap_or_default();
     let sampling = Sampling { seed: s.seed, temperature: spec.temperature as f32, top_p: spec.top_p as f32 };
     let block_size = s.scheduler.block_size_tokens;
     EngineExecutor::new(backend, model, loaded.kv_blocks_per_replica, block_size, sampling, loaded.limits.conversations, clock)

@@ -15,6 +15,7 @@
 //! - `executor`, `driver`: the engine's `Executor` and the wall-clock run.
 
 pub mod backend;
+pub mod bench;
 pub mod driver;
 pub mod executor;
 pub mod llama;

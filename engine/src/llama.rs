@@ -30,6 +30,7 @@ pub struct Llama<B: Backend> {
     /// None: tied to the embedding table.
     lm_head: Option<B::Weight>,
     rope: B::Rope,
+    max_positions: u32,
 }
 
 /// Stacks tensors row-wise (each [rows_i, cols]) into one host buffer.
@@ -84,6 +85,7 @@ impl<B: Backend> Llama<B> {
             norm: one("model.norm.weight")?,
             lm_head: if config.tie_word_embeddings { None } else { Some(one("lm_head.weight")?) },
             rope: b.rope(&table, max_positions, config.head_dim)?,
+            max_positions,
         })
     }
 
@@ -113,6 +115,11 @@ impl<B: Backend> Llama<B> {
         // Only rows that sample need the LM head.
         let rows = b.sample_rows(&x, meta)?;
         b.linear(&rows, self.lm_head.as_ref().unwrap_or(&self.embed))
+    }
+
+    /// Positions the rotary table covers.
+    pub fn max_positions(&self) -> u32 {
+        self.max_positions
     }
 
     /// One layer's KV cache for `num_blocks` blocks of `block_size` tokens.

@@ -10,6 +10,8 @@
 //! addressed through the shared block manager's block tables.
 
 pub mod cpu;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 
 use crate::Result;
 
@@ -137,6 +139,22 @@ pub trait Backend {
     fn elem_bytes(&self) -> u64;
     /// Memory the engine may fill with weights and KV, when known.
     fn memory_budget_bytes(&self) -> Option<u64>;
+    /// The device's name ("NVIDIA H100 80GB HBM3", "cpu").
+    fn device_name(&self) -> String {
+        self.name().to_string()
+    }
+    /// Copy bandwidth and GEMM rate, measured now (`engine bench` floors).
+    fn ceilings(&self) -> Result<Option<crate::bench::Ceilings>> {
+        Ok(None)
+    }
+    /// Free and total bytes of device memory, where the backend has its own.
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        None
+    }
+    /// Host f32 copies of the weights that share that memory while loading.
+    fn host_copies_while_loading(&self) -> u64 {
+        1
+    }
     /// A weight from host f32 values (converted to the backend's dtype).
     fn weight(&self, data: &[f32], shape: &[usize]) -> Result<Self::Weight>;
     fn kv_cache(&self, num_blocks: u32, block_size: u32, kv_heads: u32, head_dim: u32) -> Result<Self::KvCache>;
