@@ -132,7 +132,14 @@ impl Backend for CudaBackend {
     }
 
     fn weight(&self, data: &[f32], shape: &[usize]) -> Result<GpuTensor> {
-        let host: Vec<bf16> = data.iter().map(|&x| bf16::from_f32(x)).collect();
+        // Converted on every core: an 8B model is 8·10⁹ values.
+        let mut host = vec![bf16::ZERO; data.len()];
+        let per = data.len().div_ceil(std::thread::available_parallelism().map_or(1, |n| n.get())).max(1 << 16);
+        std::thread::scope(|s| {
+            for (dst, src) in host.chunks_mut(per).zip(data.chunks(per)) {
+                s.spawn(move || dst.iter_mut().zip(src).for_each(|(d, &x)| *d = bf16::from_f32(x)));
+            }
+        });
         let (rows, cols) = match shape {
             [n] => (1, *n),
             [r, c] => (*r, *c),
