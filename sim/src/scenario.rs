@@ -175,6 +175,15 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         ScenarioError::Invalid { at: file.at_key(&text, &key), key, msg }
     };
     validate(&scenario).map_err(invalid)?;
+    let base_dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    // config.json paths, like trace paths, are relative to the scenario.
+    let draft = scenario.speculative.as_mut().and_then(|sp| sp.draft_model.as_mut());
+    for spec in std::iter::once(&mut scenario.model).chain(draft) {
+        if let Some(c) = &mut spec.config {
+            let p = base_dir.join(&*c);
+            *c = std::path::absolute(&p).unwrap_or(p);
+        }
+    }
     let model = ModelConfig::resolve(&scenario.model).map_err(|e| invalid((e.key(), e.to_string())))?;
     let gpu = GpuConfig::resolve(&scenario.hardware).map_err(|e| invalid((e.key(), e.to_string())))?;
     let s = &mut scenario;
@@ -200,6 +209,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         &gpu,
         sch.gpu_memory_utilization,
         sch.block_size_tokens,
+        max_model_len,
         sch.max_num_batched_tokens,
         sch.max_num_seqs,
     )
@@ -215,7 +225,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
             // smaller than the target's and not counted.
             // Under tensor parallelism the drafter is split the same ways.
             let bs = sch.block_size_tokens as f64;
-            let target_block = bs * shard.kv_bytes_per_token() as f64;
+            let target_block = bs * shard.kv_bytes_per_token_at(max_model_len);
             let bytes = kv_blocks as f64 * target_block - sp.extra_weight_bytes as f64 / tp as f64;
             let blocks = (bytes / (target_block + bs * sp.extra_kv_bytes_per_token as f64 / tp as f64)).floor();
             if blocks < 1.0 {
@@ -244,7 +254,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         speculative_tokens: speculation.as_ref().map_or(0, |sp| sp.k),
         speculative_max_batch: speculation.as_ref().map_or(u32::MAX, |sp| sp.max_batch),
     };
-    let block_bytes = sch.block_size_tokens as f64 * shard.kv_bytes_per_token() as f64;
+    let block_bytes = sch.block_size_tokens as f64 * shard.kv_bytes_per_token_at(max_model_len);
     let swap_blocks = (sch.swap_space_gb * 1e9 / block_bytes).min(MAX_KV_BLOCKS as f64) as u32;
     if kv_blocks > MAX_KV_BLOCKS {
         let msg = format!(
@@ -258,7 +268,6 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         sp.draft_model = Some(m.to_spec());
     }
     s.hardware = gpu.to_spec(s.hardware.count);
-    let base_dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     if let Some(t) = &mut s.workload.trace {
         // Absolute, so the resolved scenario re-runs from the run directory.
         let p = base_dir.join(&t.path);
