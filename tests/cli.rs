@@ -673,3 +673,12 @@ fn model_from_a_config_json_beside_the_scenario() {
     let err = run_bad(&scratch.path().join("s.toml"), &[]);
     assert!(err.contains("s.toml:2:") && err.contains("config.json") && err.contains("num_hidden_layers"), "{err}");
 }
+
+#[test]
+fn impossible_parallel_layouts_are_refused() {
+    expect_bad_input("[parallelism]\nep = 2\n[hardware]\ncount = 2\n", &["--set", "parallelism.tp=2"], &["parallelism.ep", "no experts"]);
+    expect_bad_input("[model]\nname = \"mixtral-8x7b\"\n[hardware]\ncount = 4\n[parallelism]\ntp = 4\nep = 2\n", &[], &["{file}:7:", "parallelism.ep", "1 or parallelism.tp"]);
+    expect_bad_input("[hardware]\ncount = 2\n[parallelism]\npp = 4\n", &[], &["{file}:4:", "parallelism.pp", "tp × pp divides"]);
+    expect_bad_input("[model]\nname = \"llama-3.2-1b\"\n[hardware]\ncount = 32\n[parallelism]\npp = 32\n", &[], &["parallelism.pp", "16 layers"]);
+    expect_bad_input("[model]\nname = \"llama-3.1-70b\"\nweight_dtype = \"int3\"\n", &[], &["{file}:3:", "model.weight_dtype"]);
+}
