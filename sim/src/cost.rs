@@ -711,7 +711,7 @@ mod tests {
         let piped = Roofline::parallel(&stage, &g, &NO_OVERHEAD, Layout { tp: 1, ep: 1, pp: p, micro_batches: mb });
         let alone = Roofline::new(&stage, &g, &NO_OVERHEAD);
         let c = piped.step_cost(&plan(&vec![(1, 1000); 64]));
-        let one_micro = alone.step_cost(&plan(&vec![(1, 1000); 8]));
+        let one_micro = alone.step_cost(&plan(&[(1, 1000); 8]));
         // Every op of the step is (m + p − 1) micro-batch stage-times, m of
         // them busy: the bubble is (p − 1)/(m + p − 1) = 3/11.
         for i in [0, 2, 3, 4, 5, 6] {

@@ -562,10 +562,10 @@ impl ModelConfig {
             Some(format!("a degree that divides the {kv} KV heads or is a multiple of them, got {tp}"))
         } else if i % tp != 0 && self.moe.is_none_or(|m| m.first_dense_layers > 0) {
             Some(format!("a degree that divides the MLP width {i}, got {tp}"))
-        } else if let Some(m) = self.moe.filter(|m| m.intermediate_size % tp != 0 || m.shared_intermediate_size % tp != 0) {
-            Some(format!("a degree that divides the expert widths {} and {}, got {tp}", m.intermediate_size, m.shared_intermediate_size))
         } else {
-            None
+            self.moe
+                .filter(|m| m.intermediate_size % tp != 0 || m.shared_intermediate_size % tp != 0)
+                .map(|m| format!("a degree that divides the expert widths {} and {}, got {tp}", m.intermediate_size, m.shared_intermediate_size))
         }
     }
 
