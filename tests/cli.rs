@@ -643,3 +643,42 @@ fn gpu_catalog_figures_and_price_reach_the_resolved_scenario() {
     ]);
     expect_bad_input("[hardware]\ntopology = \"ring\"\n", &[], &["{file}:2:", "hardware.topology"]);
 }
+
+#[test]
+fn model_from_a_config_json_beside_the_scenario() {
+    let scratch = Scratch::new();
+    fs::create_dir(scratch.path().join("mistral")).unwrap();
+    scratch.write(
+        "mistral/config.json",
+        r#"{"model_type": "mistral", "hidden_size": 4096, "intermediate_size": 14336,
+            "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8,
+            "vocab_size": 32000, "max_position_embeddings": 32768, "sliding_window": 4096,
+            "rope_theta": 10000.0, "rms_norm_eps": 1e-05, "tie_word_embeddings": false,
+            "torch_dtype": "bfloat16"}"#,
+    );
+    let body = "[model]\nconfig = \"mistral/config.json\"\nkv_cache_dtype = \"fp8\"\n[workload]\nnum_requests = 30\n";
+    let run = run_ok(&scratch.write("s.toml", body), &["-q"]);
+    let resolved = run.resolved();
+    // The folder names the model; the file's fields and the inline override are all written out.
+    assert_eq!(toml_value(&resolved, "model", "name"), Some("\"mistral\""), "{resolved}");
+    assert_eq!(toml_value(&resolved, "model", "sliding_window"), Some("4096"), "{resolved}");
+    assert_eq!(toml_value(&resolved, "model", "kv_cache_dtype"), Some("\"fp8\""), "{resolved}");
+    assert_eq!(toml_value(&resolved, "model", "config"), None, "{resolved}");
+    assert_eq!(u64_of(&run.summary(), "completed"), 30);
+    // The resolved file re-runs without the config.json.
+    let again = run_ok(&run.dir.join("scenario.resolved.toml"), &["-q"]);
+    assert!(run.bytes("requests.csv") == again.bytes("requests.csv"));
+    // A bad file is named with the key inside it, against the scenario's line.
+    scratch.write("mistral/config.json", r#"{"num_hidden_layers": "many"}"#);
+    let err = run_bad(&scratch.path().join("s.toml"), &[]);
+    assert!(err.contains("s.toml:2:") && err.contains("config.json") && err.contains("num_hidden_layers"), "{err}");
+}
+
+#[test]
+fn impossible_parallel_layouts_are_refused() {
+    expect_bad_input("[parallelism]\nep = 2\n[hardware]\ncount = 2\n", &["--set", "parallelism.tp=2"], &["parallelism.ep", "no experts"]);
+    expect_bad_input("[model]\nname = \"mixtral-8x7b\"\n[hardware]\ncount = 4\n[parallelism]\ntp = 4\nep = 2\n", &[], &["{file}:7:", "parallelism.ep", "1 or parallelism.tp"]);
+    expect_bad_input("[hardware]\ncount = 2\n[parallelism]\npp = 4\n", &[], &["{file}:4:", "parallelism.pp", "tp × pp divides"]);
+    expect_bad_input("[model]\nname = \"llama-3.2-1b\"\n[hardware]\ncount = 32\n[parallelism]\npp = 32\n", &[], &["parallelism.pp", "16 layers"]);
+    expect_bad_input("[model]\nname = \"llama-3.1-70b\"\nweight_dtype = \"int3\"\n", &[], &["{file}:3:", "model.weight_dtype"]);
+}

@@ -445,19 +445,28 @@ pub fn activation_bytes(model: &ModelConfig, max_batched_tokens: u32, max_seqs: 
 }
 
 /// KV blocks one GPU holds: (memory × utilization − weights − activations)
-/// / (block size × KV bytes per token), as vLLM sizes its cache.
+/// / (block size × KV bytes per token), as vLLM sizes its cache. With
+/// sliding-window layers the bytes per token are those of a sequence of
+/// `max_model_len` tokens (`ModelConfig::kv_bytes_per_token_at`): global
+/// layers keep every token, windowed ones at most the window. The block
+/// manager itself counts every token of a sequence, so the pool holds as
+/// many tokens as it would if every sequence were that long; shorter ones
+/// use more memory per token than it assumes (vLLM's hybrid allocator gives
+/// windowed layers their own pool instead).
+#[allow(clippy::too_many_arguments)]
 pub fn kv_capacity_blocks(
     model: &ModelConfig,
     gpu: &GpuConfig,
     gpu_memory_utilization: f64,
     block_size: u32,
+    max_model_len: u32,
     max_batched_tokens: u32,
     max_seqs: u32,
 ) -> Result<u32, CapacityError> {
     let usable = gpu.memory_bytes as f64 * gpu_memory_utilization;
     let weights = model.weight_bytes() as f64;
     let act = activation_bytes(model, max_batched_tokens, max_seqs) as f64;
-    let block_bytes = (block_size as u64 * model.kv_bytes_per_token()) as f64;
+    let block_bytes = block_size as f64 * model.kv_bytes_per_token_at(max_model_len);
     let blocks = ((usable - weights - act) / block_bytes).floor();
     if blocks < 1.0 {
         return Err(CapacityError::DoesNotFit {
@@ -516,12 +525,12 @@ mod tests {
     fn capacity_of_llama_8b_on_h100_and_70b_does_not_fit() {
         let gpu = GpuConfig::resolve(&HardwareSpec::default()).unwrap();
         let m8 = ModelConfig::resolve(&ModelSpec::default()).unwrap();
-        let blocks = kv_capacity_blocks(&m8, &gpu, 0.9, 16, 8192, 256).unwrap();
+        let blocks = kv_capacity_blocks(&m8, &gpu, 0.9, 16, 131_072, 8192, 256).unwrap();
         // 72 GB − 16.06 GB weights − ~0.9 GB activations ≈ 55 GB of KV at 2 MiB a block.
         let kv_gb = blocks as f64 * 16.0 * 131_072.0 / 1e9;
         assert!((53.0..56.5).contains(&kv_gb), "{kv_gb}");
         let m70 = ModelConfig::resolve(&ModelSpec { name: "llama-3.1-70b".into(), ..Default::default() }).unwrap();
-        let err = kv_capacity_blocks(&m70, &gpu, 0.9, 16, 8192, 256).unwrap_err();
+        let err = kv_capacity_blocks(&m70, &gpu, 0.9, 16, 131_072, 8192, 256).unwrap_err();
         assert!(err.to_string().contains("does not fit"), "{err}");
     }
 }

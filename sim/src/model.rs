@@ -1,8 +1,20 @@
 //! Model architectures: the `[model]` scenario section, the catalog of
-//! published configs, and what the cost model and KV manager derive from
-//! them (parameter count, weight bytes, KV bytes per token, per-token FLOPs).
+//! published configs (`model/catalog.toml`), HuggingFace `config.json`
+//! loading (`model/hf.rs`), and what the cost model and KV manager derive
+//! from a resolved model: parameter counts (total and active), weight bytes
+//! under quantization, KV bytes per token under GQA/MQA, multi-head latent
+//! attention, sliding windows and cross-layer sharing, and the shard one GPU
+//! holds under tensor, expert and pipeline parallelism.
+
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
+
+use crate::hardware::MathDtype;
+
+mod hf;
+#[cfg(test)]
+mod tests;
 
 /// Element type of weights, activations or the KV cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -24,13 +36,62 @@ impl Dtype {
     }
 }
 
-/// `[model]`: a catalog name, optionally with any field overridden inline.
-/// With `name = "custom"` every architecture field must be given.
+/// Precision of weights or of GEMM inputs, quantized formats included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    Fp32,
+    Bf16,
+    Fp16,
+    Fp8,
+    Int8,
+    Int4,
+}
+
+impl Precision {
+    pub fn from_dtype(d: Dtype) -> Precision {
+        match d {
+            Dtype::Fp32 => Precision::Fp32,
+            Dtype::Bf16 => Precision::Bf16,
+            Dtype::Fp16 => Precision::Fp16,
+            Dtype::Fp8 => Precision::Fp8,
+        }
+    }
+
+    pub fn bits(self) -> u32 {
+        match self {
+            Precision::Fp32 => 32,
+            Precision::Bf16 | Precision::Fp16 => 16,
+            Precision::Fp8 | Precision::Int8 => 8,
+            Precision::Int4 => 4,
+        }
+    }
+
+    /// Bytes one weight takes, its share of the quantization scales
+    /// included: int4 (GPTQ/AWQ) keeps an fp16 scale and a packed 4-bit zero
+    /// point per `group_size` weights; fp8 and int8 scales are per tensor or
+    /// channel, negligible.
+    pub fn bytes_per_weight(self, group_size: u32) -> f64 {
+        match self {
+            Precision::Int4 => 0.5 + 2.5 / group_size as f64,
+            p => p.bits() as f64 / 8.0,
+        }
+    }
+}
+
+/// `[model]`: a catalog name or a HuggingFace `config.json`, optionally with
+/// any field overridden inline. With `name = "custom"` (or any name outside
+/// the catalog, which then only labels the model) every architecture field
+/// must be given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelSpec {
     #[serde(default = "default_model_name")]
     pub name: String,
+    /// A HuggingFace `config.json` to take the architecture from (relative
+    /// to the scenario file); inline fields override it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<PathBuf>,
     pub num_layers: Option<u32>,
     pub hidden_size: Option<u32>,
     pub intermediate_size: Option<u32>,
@@ -47,6 +108,60 @@ pub struct ModelSpec {
     /// "llama3"`); absent: plain RoPE.
     pub rope_scaling: Option<RopeScaling>,
     pub rms_norm_eps: Option<f64>,
+    /// Tokens a sliding-window layer attends to (Mistral, Gemma-2 local layers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<u32>,
+    /// How many layers use the window (the rest attend globally); default
+    /// all when `sliding_window` is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window_layers: Option<u32>,
+    /// Consecutive layers that share one KV cache (cross-layer attention);
+    /// 1: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cross_layer_kv_sharing: Option<u32>,
+    /// Multi-head latent attention (DeepSeek-V2/V3): rank of the compressed
+    /// KV latent; set, it replaces GQA's K and V.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_lora_rank: Option<u32>,
+    /// MLA's query compression rank (0: queries projected directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q_lora_rank: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qk_rope_head_dim: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub qk_nope_head_dim: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub v_head_dim: Option<u32>,
+    /// Routed experts of a mixture-of-experts MLP (absent or 0: dense).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_experts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_experts_per_tok: Option<u32>,
+    /// Width of one routed expert's SwiGLU MLP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub moe_intermediate_size: Option<u32>,
+    /// Experts every token passes through besides the routed ones.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub num_shared_experts: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_expert_intermediate_size: Option<u32>,
+    /// Leading layers with a dense MLP of `intermediate_size` (DeepSeek's
+    /// `first_k_dense_replace`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_dense_layers: Option<u32>,
+    /// Precision the linear layers' weights are stored in (default `dtype`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight_dtype: Option<Precision>,
+    /// Weights per quantization group for int4 (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quant_group_size: Option<u32>,
+    /// Precision GEMM inputs are cast to (default `dtype`): fp8 with fp8
+    /// weights runs at the GPU's fp8 peak.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation_dtype: Option<Precision>,
+    /// Element type of the KV cache (default `dtype`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kv_cache_dtype: Option<Dtype>,
 }
 
 /// Llama-3's RoPE frequency scaling: wavelengths longer than the original
@@ -66,6 +181,7 @@ impl Default for ModelSpec {
     fn default() -> Self {
         ModelSpec {
             name: default_model_name(),
+            config: None,
             num_layers: None,
             hidden_size: None,
             intermediate_size: None,
@@ -79,6 +195,24 @@ impl Default for ModelSpec {
             rope_theta: None,
             rope_scaling: None,
             rms_norm_eps: None,
+            sliding_window: None,
+            sliding_window_layers: None,
+            cross_layer_kv_sharing: None,
+            kv_lora_rank: None,
+            q_lora_rank: None,
+            qk_rope_head_dim: None,
+            qk_nope_head_dim: None,
+            v_head_dim: None,
+            num_experts: None,
+            num_experts_per_tok: None,
+            moe_intermediate_size: None,
+            num_shared_experts: None,
+            shared_expert_intermediate_size: None,
+            first_dense_layers: None,
+            weight_dtype: None,
+            quant_group_size: None,
+            activation_dtype: None,
+            kv_cache_dtype: None,
         }
     }
 }
@@ -87,8 +221,35 @@ fn default_model_name() -> String {
     "llama-3.1-8b".into()
 }
 
-/// A fully resolved dense decoder-only transformer (Llama family: RMSNorm,
-/// GQA attention, SwiGLU MLP).
+/// Multi-head latent attention's shapes (DeepSeek-V2 §2.1): K and V are
+/// rebuilt per head from a `kv_lora_rank` latent that, with a shared
+/// `qk_rope_head_dim` rotary key, is all the KV cache holds per token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Mla {
+    /// 0: queries are projected from the hidden state directly.
+    pub q_lora_rank: u32,
+    pub kv_lora_rank: u32,
+    pub qk_rope_head_dim: u32,
+    pub qk_nope_head_dim: u32,
+    pub v_head_dim: u32,
+}
+
+/// A mixture-of-experts MLP (Mixtral, Qwen-MoE, DeepSeek): each token goes
+/// through `experts_per_token` of `num_experts` routed SwiGLU experts plus
+/// every shared one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Moe {
+    pub num_experts: u32,
+    pub experts_per_token: u32,
+    pub intermediate_size: u32,
+    pub num_shared_experts: u32,
+    pub shared_intermediate_size: u32,
+    /// Leading layers that keep a dense MLP.
+    pub first_dense_layers: u32,
+}
+
+/// A fully resolved decoder-only transformer (RMSNorm, SwiGLU; GQA/MQA or
+/// MLA attention, optionally windowed; a dense or mixture-of-experts MLP).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     pub name: String,
@@ -105,11 +266,24 @@ pub struct ModelConfig {
     pub rope_theta: f64,
     pub rope_scaling: Option<RopeScaling>,
     pub rms_norm_eps: f64,
+    pub sliding_window: Option<u32>,
+    /// Layers that attend within `sliding_window` (0 without one).
+    pub sliding_window_layers: u32,
+    pub cross_layer_kv_sharing: u32,
+    pub mla: Option<Mla>,
+    pub moe: Option<Moe>,
+    pub weight_dtype: Precision,
+    pub quant_group_size: u32,
+    pub activation_dtype: Precision,
+    pub kv_cache_dtype: Dtype,
+    /// Pipeline stages the model is cut into (`shard_parallel`): a stage
+    /// holds the embedding or the LM head, not both.
+    pub pipeline_stages: u32,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ModelError {
-    #[error("model.name: unknown model {0:?}; expected one of {CATALOG_NAMES} or \"custom\" with every field given")]
+    #[error("model.name: unknown model {0:?}; expected one of {names} or \"custom\" with every field given", names = catalog_names())]
     Unknown(String),
     #[error("model.{0}: required for a custom model (no catalog entry to take it from)")]
     Missing(&'static str),
@@ -119,6 +293,10 @@ pub enum ModelError {
     NotPositive(&'static str),
     #[error("model.num_attention_heads ({heads}) must be a multiple of model.num_key_value_heads ({kv})")]
     Gqa { heads: u32, kv: u32 },
+    #[error("model.{key}: {msg}")]
+    Invalid { key: &'static str, msg: String },
+    #[error("model.config: {path}: {key}: {msg}")]
+    Config { path: PathBuf, key: String, msg: String },
 }
 
 impl ModelError {
@@ -126,122 +304,182 @@ impl ModelError {
     pub fn key(&self) -> String {
         match self {
             ModelError::Unknown(_) => "model.name".into(),
-            ModelError::Missing(k) | ModelError::Zero(k) | ModelError::NotPositive(k) => format!("model.{k}"),
+            ModelError::Missing(k) | ModelError::Zero(k) | ModelError::NotPositive(k) | ModelError::Invalid { key: k, .. } => format!("model.{k}"),
             ModelError::Gqa { .. } => "model.num_key_value_heads".into(),
+            ModelError::Config { .. } => "model.config".into(),
         }
     }
 }
 
-const CATALOG_NAMES: &str = "llama-3.1-8b, llama-3.1-70b, llama-3.2-1b, mistral-7b-v0.3, qwen2.5-7b";
-
-#[allow(clippy::too_many_arguments)]
-const fn entry(
-    name: &'static str,
-    layers: u32,
-    hidden: u32,
-    inter: u32,
-    heads: u32,
-    kv: u32,
-    vocab: u32,
-    ctx: u32,
-    tied: bool,
-) -> (&'static str, [u32; 7], bool) {
-    (name, [layers, hidden, inter, heads, kv, vocab, ctx], tied)
+/// The catalog, parsed once per call (it is small); see catalog.toml.
+fn catalog() -> toml::Table {
+    include_str!("model/catalog.toml").parse().expect("the bundled catalog parses")
 }
 
-/// Values from each model's published config.json; head_dim = hidden / heads
-/// for all of them.
-const CATALOG: [(&str, [u32; 7], bool); 5] = [
-    // huggingface.co/meta-llama/Llama-3.1-8B/blob/main/config.json
-    entry("llama-3.1-8b", 32, 4096, 14336, 32, 8, 128_256, 131_072, false),
-    // huggingface.co/meta-llama/Llama-3.1-70B/blob/main/config.json
-    entry("llama-3.1-70b", 80, 8192, 28672, 64, 8, 128_256, 131_072, false),
-    // huggingface.co/meta-llama/Llama-3.2-1B/blob/main/config.json (head_dim
-    // 64; Llama-3.1's vocabulary, so it drafts for the 8B and 70B)
-    entry("llama-3.2-1b", 16, 2048, 8192, 32, 8, 128_256, 131_072, true),
-    // huggingface.co/mistralai/Mistral-7B-v0.3/blob/main/config.json
-    entry("mistral-7b-v0.3", 32, 4096, 14336, 32, 8, 32_768, 32_768, false),
-    // huggingface.co/Qwen/Qwen2.5-7B-Instruct/blob/main/config.json (q/k/v
-    // biases, 0.4M parameters, are not modelled)
-    entry("qwen2.5-7b", 28, 3584, 18944, 28, 4, 152_064, 32_768, false),
-];
+fn catalog_names() -> String {
+    catalog().keys().cloned().collect::<Vec<_>>().join(", ")
+}
 
-/// Llama-3.1's rope_scaling block (its config.json); Llama-3.2 uses factor 32.
-const LLAMA3_ROPE: RopeScaling =
-    RopeScaling { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 };
-
-/// (rope_theta, rms_norm_eps, rope_scaling) of a catalog entry, from the
-/// same config.json files as `CATALOG`.
-fn rope_and_norm(name: &str) -> Option<(f64, f64, Option<RopeScaling>)> {
-    Some(match name {
-        "llama-3.1-8b" | "llama-3.1-70b" => (500_000.0, 1e-5, Some(LLAMA3_ROPE)),
-        "llama-3.2-1b" => (500_000.0, 1e-5, Some(RopeScaling { factor: 32.0, ..LLAMA3_ROPE })),
-        "mistral-7b-v0.3" => (1_000_000.0, 1e-5, None),
-        "qwen2.5-7b" => (1_000_000.0, 1e-6, None),
-        _ => return None,
-    })
+/// `over`'s set fields on top of `base`'s.
+fn overlay(base: toml::Table, over: &ModelSpec) -> Result<ModelSpec, ModelError> {
+    let mut merged = base;
+    let over = toml::Table::try_from(over).expect("a model spec serializes");
+    merged.extend(over);
+    merged.try_into().map_err(|e: toml::de::Error| ModelError::Invalid { key: "name", msg: e.message().to_string() })
 }
 
 impl ModelConfig {
     pub fn resolve(spec: &ModelSpec) -> Result<ModelConfig, ModelError> {
-        let base = CATALOG.iter().find(|(n, _, _)| *n == spec.name);
-        if base.is_none() && spec.name != "custom" {
-            return Err(ModelError::Unknown(spec.name.clone()));
-        }
-        let pick = |over: Option<u32>, idx: usize, key: &'static str| -> Result<u32, ModelError> {
-            let v = over
-                .or(base.map(|(_, v, _)| v[idx]))
-                .ok_or(ModelError::Missing(key))?;
-            if v == 0 {
-                return Err(ModelError::Zero(key));
+        let catalog = catalog();
+        let mut inline = spec.clone();
+        let base = match &spec.config {
+            Some(path) => {
+                let (file, label) = hf::read(path)?;
+                if spec.name == default_model_name() {
+                    inline.name = label;
+                }
+                file
             }
-            Ok(v)
+            None => match catalog.get(&spec.name).and_then(|v| v.as_table()) {
+                Some(t) => t.clone(),
+                None => {
+                    // Outside the catalog a name only labels a model given in
+                    // full; one missing a field is most likely a typo.
+                    let full = ModelConfig::from_full(&overlay(toml::Table::new(), &inline)?);
+                    return match full {
+                        Err(ModelError::Missing(_)) if spec.name != "custom" => Err(ModelError::Unknown(spec.name.clone())),
+                        r => r,
+                    };
+                }
+            },
         };
-        let rope = rope_and_norm(&spec.name);
+        inline.config = None;
+        ModelConfig::from_full(&overlay(base, &inline)?)
+    }
+
+    /// Every field from `s`, or the error naming the first missing one.
+    fn from_full(s: &ModelSpec) -> Result<ModelConfig, ModelError> {
+        let need = |v: Option<u32>, key: &'static str| -> Result<u32, ModelError> {
+            match v {
+                None => Err(ModelError::Missing(key)),
+                Some(0) => Err(ModelError::Zero(key)),
+                Some(v) => Ok(v),
+            }
+        };
+        let at_least_one = |v: Option<u32>, default: u32, key: &'static str| match v {
+            Some(0) => Err(ModelError::Zero(key)),
+            v => Ok(v.unwrap_or(default)),
+        };
         let positive = |v: f64, key: &'static str| if v > 0.0 && v.is_finite() { Ok(v) } else { Err(ModelError::NotPositive(key)) };
-        let hidden_size = pick(spec.hidden_size, 1, "hidden_size")?;
-        let num_attention_heads = pick(spec.num_attention_heads, 3, "num_attention_heads")?;
-        let num_key_value_heads = pick(spec.num_key_value_heads, 4, "num_key_value_heads")?;
+        let invalid = |key, msg: String| Err(ModelError::Invalid { key, msg });
+        let num_layers = need(s.num_layers, "num_layers")?;
+        let hidden_size = need(s.hidden_size, "hidden_size")?;
+        let intermediate_size = need(s.intermediate_size, "intermediate_size")?;
+        let num_attention_heads = need(s.num_attention_heads, "num_attention_heads")?;
+        let num_key_value_heads = need(s.num_key_value_heads, "num_key_value_heads")?;
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(ModelError::Gqa { heads: num_attention_heads, kv: num_key_value_heads });
         }
-        let head_dim = match spec.head_dim {
-            Some(0) => return Err(ModelError::Zero("head_dim")),
-            Some(d) => d,
-            None => (hidden_size / num_attention_heads).max(1),
+        // MLA's heads are v_head_dim wide where they meet o_proj.
+        let default_head_dim = if s.kv_lora_rank.is_some() { s.v_head_dim.unwrap_or(0) } else { hidden_size / num_attention_heads };
+        let head_dim = at_least_one(s.head_dim, default_head_dim.max(1), "head_dim")?;
+        let dtype = s.dtype.unwrap_or(Dtype::Bf16);
+        let sliding_window = match s.sliding_window {
+            Some(0) => return Err(ModelError::Zero("sliding_window")),
+            w => w,
+        };
+        let sliding_window_layers = match (sliding_window, s.sliding_window_layers) {
+            (None, Some(n)) if n > 0 => return invalid("sliding_window_layers", "a sliding_window to go with it".into()),
+            (None, _) => 0,
+            (Some(_), n) => n.unwrap_or(num_layers),
+        };
+        if sliding_window_layers > num_layers {
+            return invalid("sliding_window_layers", format!("at most num_layers ({num_layers}), got {sliding_window_layers}"));
+        }
+        let cross_layer_kv_sharing = at_least_one(s.cross_layer_kv_sharing, 1, "cross_layer_kv_sharing")?;
+        if cross_layer_kv_sharing > num_layers {
+            return invalid("cross_layer_kv_sharing", format!("at most num_layers ({num_layers}), got {cross_layer_kv_sharing}"));
+        }
+        let mla = match s.kv_lora_rank {
+            None => None,
+            Some(r) => Some(Mla {
+                q_lora_rank: s.q_lora_rank.unwrap_or(0),
+                kv_lora_rank: need(Some(r), "kv_lora_rank")?,
+                qk_rope_head_dim: need(s.qk_rope_head_dim, "qk_rope_head_dim")?,
+                qk_nope_head_dim: need(s.qk_nope_head_dim, "qk_nope_head_dim")?,
+                v_head_dim: need(s.v_head_dim, "v_head_dim")?,
+            }),
+        };
+        let moe = match s.num_experts {
+            None | Some(0) => None,
+            Some(e) => {
+                let k = need(s.num_experts_per_tok, "num_experts_per_tok")?;
+                if k > e {
+                    return invalid("num_experts_per_tok", format!("at most num_experts ({e}), got {k}"));
+                }
+                let first = s.first_dense_layers.unwrap_or(0);
+                if first > num_layers {
+                    return invalid("first_dense_layers", format!("at most num_layers ({num_layers}), got {first}"));
+                }
+                let inter = need(s.moe_intermediate_size, "moe_intermediate_size")?;
+                let shared = s.num_shared_experts.unwrap_or(0);
+                Some(Moe {
+                    num_experts: e,
+                    experts_per_token: k,
+                    intermediate_size: inter,
+                    num_shared_experts: shared,
+                    shared_intermediate_size: if shared > 0 { at_least_one(s.shared_expert_intermediate_size, inter, "shared_expert_intermediate_size")? } else { 0 },
+                    first_dense_layers: first,
+                })
+            }
+        };
+        let activation_dtype = s.activation_dtype.unwrap_or(Precision::from_dtype(dtype));
+        if activation_dtype == Precision::Int4 {
+            return invalid("activation_dtype", "one of fp32, bf16, fp16, fp8, int8 (int4 is a weight format), got int4".into());
+        }
+        let rope_scaling = match s.rope_scaling {
+            Some(r) if !(r.factor >= 1.0 && r.low_freq_factor > 0.0 && r.high_freq_factor > r.low_freq_factor && r.original_max_position_embeddings > 0) => {
+                return Err(ModelError::NotPositive("rope_scaling (factor ≥ 1, 0 < low_freq_factor < high_freq_factor, original_max_position_embeddings ≥ 1)"))
+            }
+            r => r,
         };
         Ok(ModelConfig {
-            name: spec.name.clone(),
-            num_layers: pick(spec.num_layers, 0, "num_layers")?,
+            name: s.name.clone(),
+            num_layers,
             hidden_size,
-            intermediate_size: pick(spec.intermediate_size, 2, "intermediate_size")?,
+            intermediate_size,
             num_attention_heads,
             num_key_value_heads,
             head_dim,
-            vocab_size: pick(spec.vocab_size, 5, "vocab_size")?,
-            max_position_embeddings: pick(spec.max_position_embeddings, 6, "max_position_embeddings")?,
-            tie_word_embeddings: spec
-                .tie_word_embeddings
-                .or(base.map(|(_, _, t)| *t))
-                .ok_or(ModelError::Missing("tie_word_embeddings"))?,
-            dtype: spec.dtype.unwrap_or(Dtype::Bf16),
+            vocab_size: need(s.vocab_size, "vocab_size")?,
+            max_position_embeddings: need(s.max_position_embeddings, "max_position_embeddings")?,
+            tie_word_embeddings: s.tie_word_embeddings.ok_or(ModelError::Missing("tie_word_embeddings"))?,
+            dtype,
             // A custom model without these gets Llama-2's defaults (theta
             // 10,000, eps 1e-5: transformers' LlamaConfig).
-            rope_theta: positive(spec.rope_theta.or(rope.map(|r| r.0)).unwrap_or(10_000.0), "rope_theta")?,
-            rms_norm_eps: positive(spec.rms_norm_eps.or(rope.map(|r| r.1)).unwrap_or(1e-5), "rms_norm_eps")?,
-            rope_scaling: match spec.rope_scaling.or(rope.and_then(|r| r.2)) {
-                Some(r) if !(r.factor >= 1.0 && r.low_freq_factor > 0.0 && r.high_freq_factor > r.low_freq_factor && r.original_max_position_embeddings > 0) => {
-                    return Err(ModelError::NotPositive("rope_scaling (factor ≥ 1, 0 < low_freq_factor < high_freq_factor, original_max_position_embeddings ≥ 1)"))
-                }
-                r => r,
-            },
+            rope_theta: positive(s.rope_theta.unwrap_or(10_000.0), "rope_theta")?,
+            rms_norm_eps: positive(s.rms_norm_eps.unwrap_or(1e-5), "rms_norm_eps")?,
+            rope_scaling,
+            sliding_window,
+            sliding_window_layers,
+            cross_layer_kv_sharing,
+            mla,
+            moe,
+            weight_dtype: s.weight_dtype.unwrap_or(Precision::from_dtype(dtype)),
+            quant_group_size: at_least_one(s.quant_group_size, 128, "quant_group_size")?,
+            activation_dtype,
+            kv_cache_dtype: s.kv_cache_dtype.unwrap_or(dtype),
+            pipeline_stages: 1,
         })
     }
 
     /// The spec with every field filled in, for `scenario.resolved.toml`.
     pub fn to_spec(&self) -> ModelSpec {
+        let mla = self.mla;
+        let moe = self.moe;
         ModelSpec {
             name: self.name.clone(),
+            config: None,
             num_layers: Some(self.num_layers),
             hidden_size: Some(self.hidden_size),
             intermediate_size: Some(self.intermediate_size),
@@ -255,21 +493,62 @@ impl ModelConfig {
             rope_theta: Some(self.rope_theta),
             rope_scaling: self.rope_scaling,
             rms_norm_eps: Some(self.rms_norm_eps),
+            sliding_window: self.sliding_window,
+            sliding_window_layers: self.sliding_window.map(|_| self.sliding_window_layers),
+            cross_layer_kv_sharing: Some(self.cross_layer_kv_sharing),
+            kv_lora_rank: mla.map(|m| m.kv_lora_rank),
+            q_lora_rank: mla.map(|m| m.q_lora_rank),
+            qk_rope_head_dim: mla.map(|m| m.qk_rope_head_dim),
+            qk_nope_head_dim: mla.map(|m| m.qk_nope_head_dim),
+            v_head_dim: mla.map(|m| m.v_head_dim),
+            num_experts: Some(moe.map_or(0, |m| m.num_experts)),
+            num_experts_per_tok: moe.map(|m| m.experts_per_token),
+            moe_intermediate_size: moe.map(|m| m.intermediate_size),
+            num_shared_experts: moe.map(|m| m.num_shared_experts),
+            shared_expert_intermediate_size: moe.filter(|m| m.num_shared_experts > 0).map(|m| m.shared_intermediate_size),
+            first_dense_layers: moe.map(|m| m.first_dense_layers),
+            weight_dtype: Some(self.weight_dtype),
+            quant_group_size: Some(self.quant_group_size),
+            activation_dtype: Some(self.activation_dtype),
+            kv_cache_dtype: Some(self.kv_cache_dtype),
         }
     }
 
     /// What one GPU of a `tp`-way tensor-parallel group holds (Megatron-LM
-    /// sharding as vLLM applies it): query heads, MLP width and the
-    /// vocabulary (VocabParallelEmbedding / LM head) split `tp` ways; KV heads
-    /// split too, or replicated when there are fewer than `tp` of them; the
+    /// sharding as vLLM applies it): query heads, MLP and expert widths and
+    /// the vocabulary (VocabParallelEmbedding / LM head) split `tp` ways; KV
+    /// heads split too, or replicated when there are fewer than `tp` of them
+    /// (MLA's latent, one per token, is replicated on every GPU); the
     /// hidden size (activations, norms) whole. Every size a GPU sees —
     /// weights, KV bytes per token, GEMM shapes — follows from the shard.
     pub fn shard(&self, tp: u32) -> ModelConfig {
+        self.shard_parallel(tp, 1, 1)
+    }
+
+    /// `shard(tp)`, then with expert parallelism over `ep` GPUs (the
+    /// tensor-parallel group, as vLLM's `enable_expert_parallel`) each GPU
+    /// holds `num_experts / ep` whole experts instead of a 1/tp slice of
+    /// each; with `pp` pipeline stages it holds ⌈layers / pp⌉ layers, each
+    /// kind (dense-MLP, windowed) in proportion, and the embedding or the
+    /// LM head.
+    pub fn shard_parallel(&self, tp: u32, ep: u32, pp: u32) -> ModelConfig {
+        let layers = self.num_layers.div_ceil(pp);
+        let share = |n: u32| (n as u64 * layers as u64 / self.num_layers as u64) as u32;
         ModelConfig {
+            num_layers: layers,
+            sliding_window_layers: share(self.sliding_window_layers),
             num_attention_heads: self.num_attention_heads / tp,
             num_key_value_heads: (self.num_key_value_heads / tp).max(1),
             intermediate_size: self.intermediate_size / tp,
             vocab_size: self.vocab_size.div_ceil(tp),
+            moe: self.moe.map(|m| Moe {
+                num_experts: m.num_experts / ep,
+                intermediate_size: if ep > 1 { m.intermediate_size } else { m.intermediate_size / tp },
+                shared_intermediate_size: m.shared_intermediate_size / tp,
+                first_dense_layers: share(m.first_dense_layers),
+                ..m
+            }),
+            pipeline_stages: pp,
             ..self.clone()
         }
     }
@@ -279,12 +558,14 @@ impl ModelConfig {
         let (h, kv, i) = (self.num_attention_heads, self.num_key_value_heads, self.intermediate_size);
         if h % tp != 0 {
             Some(format!("a degree that divides the {h} attention heads, got {tp}"))
-        } else if !kv.is_multiple_of(tp) && !tp.is_multiple_of(kv) {
+        } else if self.mla.is_none() && !kv.is_multiple_of(tp) && !tp.is_multiple_of(kv) {
             Some(format!("a degree that divides the {kv} KV heads or is a multiple of them, got {tp}"))
-        } else if i % tp != 0 {
+        } else if i % tp != 0 && self.moe.is_none_or(|m| m.first_dense_layers > 0) {
             Some(format!("a degree that divides the MLP width {i}, got {tp}"))
         } else {
-            None
+            self.moe
+                .filter(|m| m.intermediate_size % tp != 0 || m.shared_intermediate_size % tp != 0)
+                .map(|m| format!("a degree that divides the expert widths {} and {}, got {tp}", m.intermediate_size, m.shared_intermediate_size))
         }
     }
 
@@ -296,19 +577,54 @@ impl ModelConfig {
         self.num_key_value_heads as u64 * self.head_dim as u64
     }
 
-    /// Parameters of one decoder layer: q, k, v, o projections, gate/up/down
-    /// MLP and two RMSNorm weight vectors.
-    pub fn layer_params(&self) -> u64 {
-        let h = self.hidden_size as u64;
-        let attn = h * (self.q_dim() + 2 * self.kv_dim()) + self.q_dim() * h;
-        let mlp = 3 * h * self.intermediate_size as u64;
-        attn + mlp + 2 * h
+    /// Attention's parameters in one layer: q, k, v, o projections, or
+    /// MLA's down/up projections and their norms.
+    pub fn attention_params(&self) -> u64 {
+        let (h, heads) = (self.hidden_size as u64, self.num_attention_heads as u64);
+        match self.mla {
+            None => h * (self.q_dim() + 2 * self.kv_dim()) + self.q_dim() * h,
+            Some(m) => {
+                let (ql, kvl) = (m.q_lora_rank as u64, m.kv_lora_rank as u64);
+                let qk = (m.qk_nope_head_dim + m.qk_rope_head_dim) as u64;
+                let q = if ql > 0 { h * ql + ql + ql * heads * qk } else { h * heads * qk };
+                let kv = h * (kvl + m.qk_rope_head_dim as u64) + kvl + kvl * heads * (m.qk_nope_head_dim + m.v_head_dim) as u64;
+                q + kv + heads * m.v_head_dim as u64 * h
+            }
+        }
     }
 
-    /// Embedding table plus, when untied, a separate LM head.
+    /// One routed expert's gate, up and down matrices.
+    pub fn expert_params(&self) -> u64 {
+        self.moe.map_or(0, |m| 3 * self.hidden_size as u64 * m.intermediate_size as u64)
+    }
+
+    /// Layers whose MLP is a mixture of experts.
+    pub fn moe_layers(&self) -> u32 {
+        self.moe.map_or(0, |m| self.num_layers - m.first_dense_layers.min(self.num_layers))
+    }
+
+    /// Parameters of one dense decoder layer: attention, a gate/up/down MLP
+    /// of `intermediate_size` and two RMSNorm weight vectors.
+    pub fn layer_params(&self) -> u64 {
+        let h = self.hidden_size as u64;
+        self.attention_params() + 3 * h * self.intermediate_size as u64 + 2 * h
+    }
+
+    /// An MoE layer's MLP: routed experts, shared experts and the router.
+    fn moe_mlp_params(&self) -> u64 {
+        self.moe.map_or(0, |m| {
+            let h = self.hidden_size as u64;
+            m.num_experts as u64 * self.expert_params()
+                + m.num_shared_experts as u64 * 3 * h * m.shared_intermediate_size as u64
+                + h * m.num_experts as u64
+        })
+    }
+
+    /// Embedding table plus, when untied, a separate LM head (one of the
+    /// two per pipeline stage when the model is cut into stages).
     pub fn embedding_params(&self) -> u64 {
         let e = self.vocab_size as u64 * self.hidden_size as u64;
-        if self.tie_word_embeddings {
+        if self.tie_word_embeddings || self.pipeline_stages > 1 {
             e
         } else {
             2 * e
@@ -316,81 +632,97 @@ impl ModelConfig {
     }
 
     pub fn param_count(&self) -> u64 {
-        self.num_layers as u64 * self.layer_params() + self.embedding_params() + self.hidden_size as u64
+        let (l, moe_l) = (self.num_layers as u64, self.moe_layers() as u64);
+        let h = self.hidden_size as u64;
+        let dense_mlp = 3 * h * self.intermediate_size as u64;
+        l * (self.attention_params() + 2 * h) + (l - moe_l) * dense_mlp + moe_l * self.moe_mlp_params() + self.embedding_params() + h
+    }
+
+    /// Parameters one token passes through: the routed experts it is not
+    /// sent to left out (DeepSeek-V3's "37 B activated").
+    pub fn active_param_count(&self) -> u64 {
+        let idle = self.moe.map_or(0, |m| (m.num_experts - m.experts_per_token) as u64 * self.expert_params());
+        self.param_count() - self.moe_layers() as u64 * idle
+    }
+
+    /// Parameters of the linear layers (what quantization stores in
+    /// `weight_dtype`); embeddings, LM head, norms and routers stay in
+    /// `dtype`, as vLLM's fp8/int4 schemes keep them.
+    pub fn linear_params(&self) -> u64 {
+        let (l, moe_l) = (self.num_layers as u64, self.moe_layers() as u64);
+        let h = self.hidden_size as u64;
+        let router = self.moe.map_or(0, |m| h * m.num_experts as u64);
+        let mla_norms = self.mla.map_or(0, |m| (m.q_lora_rank + m.kv_lora_rank) as u64);
+        self.param_count() - self.embedding_params() - h - l * (2 * h + mla_norms) - moe_l * router
     }
 
     pub fn weight_bytes(&self) -> u64 {
-        self.param_count() * self.dtype.bytes()
+        let linear = self.linear_params();
+        let quantized = linear as f64 * self.weight_dtype.bytes_per_weight(self.quant_group_size);
+        quantized.round() as u64 + (self.param_count() - linear) * self.dtype.bytes()
     }
 
-    /// K and V for every layer: 2 × layers × kv_heads × head_dim × bytes.
+    /// Bytes one weight of the linear layers takes.
+    pub fn weight_bytes_per_param(&self) -> f64 {
+        self.weight_dtype.bytes_per_weight(self.quant_group_size)
+    }
+
+    /// The tensor-core precision GEMMs run in: fp8 or int8 only when both
+    /// weights and activations are (W8A8); a weight-only format is
+    /// dequantized to 16-bit first.
+    pub fn gemm_math(&self) -> MathDtype {
+        match (self.weight_dtype, self.activation_dtype) {
+            (Precision::Fp8, Precision::Fp8) => MathDtype::Fp8,
+            (Precision::Int8, Precision::Int8) => MathDtype::Int8,
+            _ => MathDtype::Bf16,
+        }
+    }
+
+    /// Whether weights are stored narrower than GEMMs consume them (a
+    /// dequantization pass in every GEMM, e.g. Marlin's int4 × fp16).
+    pub fn weight_only_quantized(&self) -> bool {
+        self.weight_dtype.bits() < self.activation_dtype.bits()
+    }
+
+    /// Layers that hold a KV cache of their own (cross-layer sharing makes
+    /// groups of `cross_layer_kv_sharing` layers share one).
+    pub fn kv_layers(&self) -> u32 {
+        self.num_layers.div_ceil(self.cross_layer_kv_sharing)
+    }
+
+    /// Elements one layer caches per token: K and V of every KV head, or
+    /// MLA's latent plus its rotary key.
+    pub fn kv_elements_per_layer(&self) -> u64 {
+        match self.mla {
+            Some(m) => (m.kv_lora_rank + m.qk_rope_head_dim) as u64,
+            None => 2 * self.kv_dim(),
+        }
+    }
+
+    /// KV bytes of one token in every layer that caches it — what a
+    /// sequence shorter than any sliding window pays per token:
+    /// 2 × layers × kv_heads × head_dim × bytes for GQA/MQA.
     pub fn kv_bytes_per_token(&self) -> u64 {
-        2 * self.num_layers as u64 * self.kv_dim() * self.dtype.bytes()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn named(name: &str) -> ModelConfig {
-        ModelConfig::resolve(&ModelSpec { name: name.into(), ..Default::default() }).unwrap()
+        self.kv_layers() as u64 * self.kv_elements_per_layer() * self.kv_cache_dtype.bytes()
     }
 
-    #[test]
-    fn llama_8b_derived_sizes_match_published_figures() {
-        let m = named("llama-3.1-8b");
-        // 8.03 B parameters (Meta's model card), 131,072 KV bytes per token (design.md).
-        assert_eq!(m.param_count(), 8_030_261_248);
-        assert_eq!(m.kv_bytes_per_token(), 131_072);
-        assert_eq!(m.head_dim, 128);
+    /// Windowed layers among those that hold a KV cache.
+    pub fn sliding_kv_layers(&self) -> u32 {
+        (self.sliding_window_layers as u64 * self.kv_layers() as u64 / self.num_layers as u64) as u32
     }
 
-    #[test]
-    fn llama_70b_and_qwen_param_counts() {
-        let p = named("llama-3.1-70b").param_count() as f64 / 1e9;
-        assert!((p - 70.55).abs() < 0.05, "{p}");
-        let q = named("qwen2.5-7b").param_count() as f64 / 1e9;
-        assert!((q - 7.61).abs() < 0.01, "{q}"); // Qwen reports 7.61 B
-    }
-
-    #[test]
-    fn llama_3_2_1b_size() {
-        let m = named("llama-3.2-1b");
-        // 1.24 B parameters (Meta's model card), tied embeddings; 32 KiB of KV a token.
-        let p = m.param_count() as f64 / 1e9;
-        assert!((p - 1.236).abs() < 0.005, "{p}");
-        assert_eq!((m.head_dim, m.kv_bytes_per_token()), (64, 32_768));
-    }
-
-    #[test]
-    fn inline_override_and_custom() {
-        let spec = ModelSpec { name: "llama-3.1-8b".into(), num_layers: Some(2), ..Default::default() };
-        assert_eq!(ModelConfig::resolve(&spec).unwrap().num_layers, 2);
-        let custom = ModelSpec { name: "custom".into(), num_layers: Some(2), ..Default::default() };
-        assert_eq!(ModelConfig::resolve(&custom), Err(ModelError::Missing("hidden_size")));
-        let bad = ModelSpec { name: "gpt-9".into(), ..Default::default() };
-        assert!(ModelConfig::resolve(&bad).unwrap_err().to_string().contains("llama-3.1-8b"));
-    }
-
-    #[test]
-    fn resolved_spec_round_trips() {
-        let m = named("mistral-7b-v0.3");
-        assert_eq!(ModelConfig::resolve(&m.to_spec()).unwrap(), m);
-    }
-
-    #[test]
-    fn tensor_parallel_shards_split_weights_and_kv() {
-        let m = named("llama-3.1-70b");
-        let s = m.shard(4);
-        // 8 KV heads over 4 GPUs: 2 each, a quarter of 327,680 B a token.
-        assert_eq!((m.kv_bytes_per_token(), s.kv_bytes_per_token()), (327_680, 81_920));
-        let ratio = s.weight_bytes() as f64 / m.weight_bytes() as f64;
-        assert!((ratio - 0.25).abs() < 0.001, "{ratio}"); // norms stay whole
-        // 8 KV heads over 16 GPUs: each holds one, replicated.
-        assert_eq!(m.shard(16).num_key_value_heads, 1);
-        assert!(m.tp_refusal(3).unwrap().contains("64 attention heads"));
-        assert!(named("qwen2.5-7b").tp_refusal(8).is_some(), "28 heads do not split 8 ways");
-        assert_eq!(m.tp_refusal(8), None);
+    /// Average KV bytes per token of a `tokens`-long sequence: global layers
+    /// keep every token, windowed layers at most `sliding_window` of them.
+    /// The KV pool is sized with this at `max_model_len`
+    /// (`kv::kv_capacity_blocks`).
+    pub fn kv_bytes_per_token_at(&self, tokens: u32) -> f64 {
+        let per_layer = (self.kv_elements_per_layer() * self.kv_cache_dtype.bytes()) as f64;
+        let sliding = self.sliding_kv_layers() as f64;
+        let global = self.kv_layers() as f64 - sliding;
+        let kept = match self.sliding_window {
+            Some(w) if tokens > w => w as f64 / tokens as f64,
+            _ => 1.0,
+        };
+        per_layer * (global + sliding * kept)
     }
 }

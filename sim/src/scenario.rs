@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::cost::CostSpec;
-use crate::hardware::{GpuConfig, HardwareSpec};
+use crate::hardware::{GpuConfig, HardwareSpec, MAX_GPUS};
 use crate::kv::kv_capacity_blocks;
 use crate::metrics::SloSpec;
 use crate::router::RoutingSpec;
@@ -54,18 +54,30 @@ pub struct Scenario {
     pub engine: Option<crate::engine_spec::EngineSpec>,
 }
 
-/// `[parallelism]`. Data parallelism is `hardware.count`; tensor and
-/// pipeline parallelism are validated here and arrive with their cost model.
+/// `[parallelism]`: a replica is `tp × pp` GPUs; data parallelism is
+/// `hardware.count` over that.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct ParallelismSpec {
     pub tp: u32,
     pub pp: u32,
+    /// Expert parallelism: 1, or `tp` (experts spread over the
+    /// tensor-parallel group, vLLM's `enable_expert_parallel`).
+    pub ep: u32,
+    /// Micro-batches a step is cut into across pipeline stages; default `pp`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub micro_batches: Option<u32>,
 }
 
 impl Default for ParallelismSpec {
     fn default() -> Self {
-        ParallelismSpec { tp: 1, pp: 1 }
+        ParallelismSpec { tp: 1, pp: 1, ep: 1, micro_batches: None }
+    }
+}
+
+impl ParallelismSpec {
+    pub fn layout(&self) -> crate::cost::Layout {
+        crate::cost::Layout { tp: self.tp, ep: self.ep, pp: self.pp, micro_batches: self.micro_batches.unwrap_or(self.pp) }
     }
 }
 
@@ -131,7 +143,7 @@ pub struct Loaded {
     /// What one GPU of a replica holds (`model` split `tp` ways).
     pub shard: ModelConfig,
     pub gpu: GpuConfig,
-    /// Replicas: hardware.count / parallelism.tp.
+    /// Replicas: hardware.count / (parallelism.tp × parallelism.pp).
     pub replicas: u32,
     pub kv_blocks_per_replica: u32,
     /// KV blocks the host swap space holds per replica.
@@ -175,6 +187,15 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         ScenarioError::Invalid { at: file.at_key(&text, &key), key, msg }
     };
     validate(&scenario).map_err(invalid)?;
+    let base_dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    // config.json paths, like trace paths, are relative to the scenario.
+    let draft = scenario.speculative.as_mut().and_then(|sp| sp.draft_model.as_mut());
+    for spec in std::iter::once(&mut scenario.model).chain(draft) {
+        if let Some(c) = &mut spec.config {
+            let p = base_dir.join(&*c);
+            *c = std::path::absolute(&p).unwrap_or(p);
+        }
+    }
     let model = ModelConfig::resolve(&scenario.model).map_err(|e| invalid((e.key(), e.to_string())))?;
     let gpu = GpuConfig::resolve(&scenario.hardware).map_err(|e| invalid((e.key(), e.to_string())))?;
     let s = &mut scenario;
@@ -187,7 +208,23 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
     if let Some(msg) = model.tp_refusal(tp) {
         return Err(invalid(("parallelism.tp".into(), msg)));
     }
-    let shard = model.shard(tp);
+    let (ep, pp) = (s.parallelism.ep, s.parallelism.pp);
+    if pp > model.num_layers {
+        return Err(invalid(("parallelism.pp".into(), format!("at most the model's {} layers, got {pp}", model.num_layers))));
+    }
+    if ep > 1 {
+        let msg = match model.moe {
+            None => Some("1: the model has no experts to spread".to_string()),
+            Some(_) if ep != tp => Some(format!("1 or parallelism.tp ({tp}): experts spread over the tensor-parallel group, got {ep}")),
+            Some(m) if m.num_experts % ep != 0 => Some(format!("a degree that divides the {} experts, got {ep}", m.num_experts)),
+            Some(_) => None,
+        };
+        if let Some(msg) = msg {
+            return Err(invalid(("parallelism.ep".into(), msg)));
+        }
+    }
+    s.parallelism.micro_batches.get_or_insert(pp);
+    let shard = model.shard_parallel(tp, ep, pp);
     let class_names: Vec<&str> = s.workload.classes.iter().map(|c| c.name.as_str()).collect();
     let speculation = match &s.speculative {
         Some(sp) => Some(Speculation::resolve(sp, &model, &class_names).map_err(invalid)?),
@@ -200,6 +237,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         &gpu,
         sch.gpu_memory_utilization,
         sch.block_size_tokens,
+        max_model_len,
         sch.max_num_batched_tokens,
         sch.max_num_seqs,
     )
@@ -215,7 +253,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
             // smaller than the target's and not counted.
             // Under tensor parallelism the drafter is split the same ways.
             let bs = sch.block_size_tokens as f64;
-            let target_block = bs * shard.kv_bytes_per_token() as f64;
+            let target_block = bs * shard.kv_bytes_per_token_at(max_model_len);
             let bytes = kv_blocks as f64 * target_block - sp.extra_weight_bytes as f64 / tp as f64;
             let blocks = (bytes / (target_block + bs * sp.extra_kv_bytes_per_token as f64 / tp as f64)).floor();
             if blocks < 1.0 {
@@ -244,7 +282,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         speculative_tokens: speculation.as_ref().map_or(0, |sp| sp.k),
         speculative_max_batch: speculation.as_ref().map_or(u32::MAX, |sp| sp.max_batch),
     };
-    let block_bytes = sch.block_size_tokens as f64 * shard.kv_bytes_per_token() as f64;
+    let block_bytes = sch.block_size_tokens as f64 * shard.kv_bytes_per_token_at(max_model_len);
     let swap_blocks = (sch.swap_space_gb * 1e9 / block_bytes).min(MAX_KV_BLOCKS as f64) as u32;
     if kv_blocks > MAX_KV_BLOCKS {
         let msg = format!(
@@ -258,7 +296,6 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         sp.draft_model = Some(m.to_spec());
     }
     s.hardware = gpu.to_spec(s.hardware.count);
-    let base_dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     if let Some(t) = &mut s.workload.trace {
         // Absolute, so the resolved scenario re-runs from the run directory.
         let p = base_dir.join(&t.path);
@@ -276,7 +313,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
             WorkloadError::Invalid { key, value, expected } => invalid((key, format!("expected {expected}, got {value}"))),
             other => invalid(("workload.trace.path".into(), other.to_string())),
         })?;
-    let replicas = scenario.hardware.count / tp;
+    let replicas = scenario.hardware.count / (tp * pp);
     Ok(Loaded {
         name: path.file_stem().map_or("scenario".into(), |s| s.to_string_lossy().into_owned()),
         path: path.into(),
@@ -297,7 +334,7 @@ impl Loaded {
     /// The roofline of one GPU of a replica (tensor-parallel shard and its
     /// all-reduces included).
     pub fn roofline(&self) -> crate::cost::Roofline {
-        crate::cost::Roofline::sharded(&self.shard, &self.gpu, &self.scenario.cost, self.scenario.parallelism.tp)
+        crate::cost::Roofline::parallel(&self.shard, &self.gpu, &self.scenario.cost, self.scenario.parallelism.layout())
     }
 }
 
@@ -309,14 +346,23 @@ impl Scenario {
 }
 
 fn validate(s: &Scenario) -> Result<(), (String, String)> {
-    if s.parallelism.pp != 1 {
-        let msg = format!("1 (pipeline parallelism is not modelled yet), got {}", s.parallelism.pp);
-        return Err(("parallelism.pp".into(), msg));
+    let p = &s.parallelism;
+    for (key, v) in [("pp", p.pp), ("ep", p.ep), ("micro_batches", p.micro_batches.unwrap_or(1))] {
+        if !(1..=MAX_GPUS).contains(&v) {
+            return Err((format!("parallelism.{key}"), format!("an integer in [1, {MAX_GPUS}], got {v}")));
+        }
     }
-    let (tp, gpus) = (s.parallelism.tp, s.hardware.count);
+    let (tp, gpus) = (p.tp, s.hardware.count);
     if tp == 0 || gpus % tp != 0 {
         let msg = format!("a degree ≥ 1 that divides hardware.count ({gpus} GPUs form replicas of tp GPUs each), got {tp}");
         return Err(("parallelism.tp".into(), msg));
+    }
+    if gpus % (tp * p.pp) != 0 {
+        let msg = format!("a degree such that tp × pp divides hardware.count ({gpus} GPUs form replicas of tp × pp), got {}", p.pp);
+        return Err(("parallelism.pp".into(), msg));
+    }
+    if p.pp > 1 && s.speculative.is_some() {
+        return Err(("speculative".into(), "no [speculative] section with parallelism.pp > 1 (not modelled)".into()));
     }
     s.scheduler.validate()?;
     s.routing.validate()?;
