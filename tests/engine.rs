@@ -203,7 +203,9 @@ fn safetensors_weights_run_and_bad_checkpoints_are_refused() {
 #[test]
 fn what_the_engine_cannot_run_is_refused_as_bad_input() {
     let tiny = tiny();
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
+        (&["model.name=\"qwen1.5-moe-a2.7b\"", "scheduler.num_gpu_blocks_override=64"], "model.num_experts"),
+        (&["model.weight_dtype=\"int4\""], "model.weight_dtype"),
         (&["hardware.count=2"], "hardware.count"),
         (&["hardware.count=2", "parallelism.tp=2"], "parallelism.tp"),
         (&["speculative.method=\"ngram\""], "speculative"),

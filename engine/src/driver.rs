@@ -47,6 +47,29 @@ pub fn check(loaded: &Loaded) -> Result<()> {
         let msg = format!("1 (the engine drives one replica; simulate clusters with `simulate`), got {}", s.hardware.count);
         return Err(unsupported("hardware.count", msg));
     }
+    if s.parallelism.pp != 1 || s.parallelism.ep != 1 {
+        return Err(unsupported("parallelism.pp", "pp = 1 and ep = 1 (the engine runs one GPU per model so far)".into()));
+    }
+    // The engine's model is the dense Llama architecture in one precision;
+    // the simulator's other architecture terms are refused, not ignored.
+    let m = &loaded.model;
+    let dense = |key: &str, what: &str| Err(unsupported(&format!("model.{key}"), format!("{what} (the engine runs dense Llama-architecture models; simulate this one)")));
+    if m.moe.is_some() {
+        return dense("num_experts", "no experts");
+    }
+    if m.mla.is_some() {
+        return dense("kv_lora_rank", "no multi-head latent attention");
+    }
+    if m.sliding_window.is_some() && m.sliding_window_layers > 0 {
+        return dense("sliding_window", "no sliding-window layers");
+    }
+    if m.cross_layer_kv_sharing > 1 {
+        return dense("cross_layer_kv_sharing", "no cross-layer KV sharing");
+    }
+    let one = servetwin_sim::model::Precision::from_dtype(m.dtype);
+    if m.weight_dtype != one || m.activation_dtype != one || m.kv_cache_dtype != m.dtype {
+        return dense("weight_dtype", "weights, activations and KV in `dtype` (quantized formats are simulated only)");
+    }
     if s.speculative.is_some() {
         return Err(unsupported("speculative", "no [speculative] section (the engine does not speculate)".into()));
     }
