@@ -13,7 +13,10 @@ use servetwin_sim::output::{open_run_dir, write_summary};
 use servetwin_sim::scenario::{self, Loaded, ScenarioError};
 use servetwin_sim::step::{Executor, ReplayExecutor};
 
+mod calibrate;
+mod compare;
 mod engine;
+mod profile;
 
 #[derive(Parser)]
 #[command(name = "servetwin", version, about = "Predict how an LLM serving deployment performs")]
@@ -49,6 +52,46 @@ enum Command {
     /// The real engine: run a scenario for real on a backend.
     #[command(subcommand)]
     Engine(EngineCommand),
+    /// Fit the roofline's efficiency factors to a profile (`engine profile`):
+    /// prints the fit and its error, writes a `[cost]` fragment.
+    Calibrate {
+        /// Profile CSV.
+        profile: PathBuf,
+        /// The scenario whose model and GPU the profile measured (default:
+        /// the catalog entries the profile's metadata names).
+        #[arg(long)]
+        scenario: Option<PathBuf>,
+        /// Override any key of that scenario.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Write the fitted `[cost]` values (TOML) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Simulated against measured: every metric's relative error and the
+    /// per-step duration error of two run directories.
+    Compare {
+        /// The simulator's run directory.
+        sim_run: PathBuf,
+        /// The engine's run directory.
+        engine_run: PathBuf,
+    },
+    /// Re-simulate every engine run in DIR with the profiled cost model and
+    /// print the whole error table.
+    Validate {
+        /// Directory of engine run directories.
+        #[arg(default_value = "reports/validation/h100")]
+        dir: PathBuf,
+        /// Profile CSV (default: sim/profiles/<hardware.gpu>/<model>-<dtype>.csv of each run).
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// Fail (exit 1) unless the errors are within issue 10's bounds.
+        #[arg(long)]
+        check: bool,
+        /// Also write the results as JSON here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -95,6 +138,30 @@ enum EngineCommand {
         #[arg(long, default_value = "engine-bench.json")]
         out: PathBuf,
     },
+    /// Time the engine's step over a grid of batch shapes and write the
+    /// table the `profiled` cost model reads.
+    Profile {
+        /// Scenario whose model, GPU, KV pool and [engine] weights are
+        /// profiled (default: the defaults with --model, dummy weights).
+        scenario: Option<PathBuf>,
+        /// Model to profile (overrides the scenario's model.name).
+        #[arg(long)]
+        model: Option<String>,
+        #[arg(long, value_enum, default_value_t = engine::BackendKind::Cpu)]
+        backend: engine::BackendKind,
+        /// small: seconds on a CPU; default: a few minutes on a GPU.
+        #[arg(long, value_enum, default_value_t = profile::GridArg::Default)]
+        grid: profile::GridArg,
+        /// Override any scenario key.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Profile CSV (default: sim/profiles/<device>/<model>-<dtype>.csv).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
 }
 
 /// Bad input exits 2 (design.md); anything else that fails exits 1.
@@ -108,6 +175,7 @@ fn main() -> ExitCode {
                 c.is::<ScenarioError>()
                     || matches!(c.downcast_ref::<SimError>(), Some(SimError::Workload(_)))
                     || c.downcast_ref::<servetwin_engine::EngineError>().is_some_and(|e| e.is_bad_input())
+                    || c.is::<servetwin_sim::profile::ProfileError>()
             });
             ExitCode::from(if bad_input { 2 } else { 1 })
         }
@@ -121,9 +189,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let dir = out.unwrap_or_else(|| default_run_dir(&loaded.name));
             let summary = match replay {
                 None => {
-                    let cost = || loaded.roofline();
-                    let mut sim = Simulation::new(&loaded, |_| CostExecutor { model: cost() })?;
-                    run_to_dir(&loaded, &dir, quiet, 1024, &mut sim, |_| {}, |_| Ok(()))?
+                    let cost = loaded.cost_model()?;
+                    let mut sim = Simulation::new(&loaded, |_| CostExecutor { model: cost.clone() })?;
+                    let mut summary = run_to_dir(&loaded, &dir, quiet, 1024, &mut sim, |_| {}, |_| Ok(()))?;
+                    if cost.coverage().is_some() {
+                        summary.profiled_cost = sim.executors_mut().iter().filter_map(|e| e.model.coverage()).reduce(|a, b| {
+                            servetwin_sim::profile::Coverage {
+                                steps_in_table: a.steps_in_table + b.steps_in_table,
+                                steps_outside_table: a.steps_outside_table + b.steps_outside_table,
+                                ..a
+                            }
+                        });
+                        write_summary(&dir, &summary)?;
+                    }
+                    summary
                 }
                 Some(run) => {
                     if loaded.replicas != 1 {
@@ -151,6 +230,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Engine(EngineCommand::Bench { model, backend, set, quick, out }) => engine::bench(&model, &set, backend, quick, &out),
+        Command::Engine(EngineCommand::Profile { scenario, model, backend, grid, set, out, quiet }) => {
+            profile::run(profile::Args { scenario, model, backend, grid, set, out, quiet })
+        }
+        Command::Calibrate { profile, scenario, set, out } => calibrate::run(&profile, scenario.as_deref(), &set, out),
+        Command::Compare { sim_run, engine_run } => compare::compare(&sim_run, &engine_run),
+        Command::Validate { dir, profile, check, json } => compare::validate(&dir, profile.as_deref(), check, json),
         Command::Engine(EngineCommand::Run { scenario, backend, mode, mut set, out, seed, quiet }) => {
             set.extend(mode.mode().overrides());
             let mut loaded = scenario::load(&scenario, &set, seed)?;
@@ -297,6 +382,9 @@ fn print_summary(loaded: &Loaded, s: &Summary, what: &str) {
     }
     if sc.scheduler.enable_prefix_caching {
         line("Prefix-cache hit rate (%):", format!("{:.1}", 100.0 * s.prefix_cache_hit_rate));
+    }
+    if let Some(c) = &s.profiled_cost {
+        line("Steps in profile / roofline fallback:", format!("{} / {}", c.steps_in_table, c.steps_outside_table));
     }
     if sc.slo.ttft_ms.is_some() || sc.slo.tpot_ms.is_some() || sc.slo.e2el_ms.is_some() {
         let verdict = if s.slo_met { "met".to_string() } else { format!("MISSED ({})", s.slo_violated.join(", ")) };

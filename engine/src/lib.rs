@@ -13,12 +13,15 @@
 //! - `tokens`, `sampler`: prompt token ids from a request's content, and
 //!   greedy / temperature / top-p sampling from per-token seeded draws.
 //! - `executor`, `driver`: the engine's `Executor` and the wall-clock run.
+//! - `profile`: step times over a grid of batch shapes, for the simulator's
+//!   `profiled` cost model.
 
 pub mod backend;
 pub mod bench;
 pub mod driver;
 pub mod executor;
 pub mod llama;
+pub mod profile;
 pub mod reference;
 pub mod rope;
 pub mod sampler;

@@ -45,12 +45,18 @@ pub struct CostSpec {
     /// over the mean (1: uniform routing). DeepSeek-V3 balances to near 1
     /// with its auxiliary-loss-free bias; 1.0 here is an assumption.
     pub moe_imbalance: f64,
+    /// The step-time table `kind = "profiled"` interpolates (a profile CSV
+    /// written by `servetwin engine profile`), relative to the scenario file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CostKind {
     Roofline,
+    /// Interpolates a measured step-time table (`crate::profile`).
+    Profiled,
 }
 
 impl Default for CostSpec {
@@ -64,6 +70,7 @@ impl Default for CostSpec {
             allreduce_latency_us: 10.0,
             dequant_overhead: 0.15,
             moe_imbalance: 1.0,
+            profile: None,
         }
     }
 }
@@ -92,7 +99,13 @@ impl CostSpec {
                 return Err((format!("cost.{key}"), format!("a number of microseconds in [0, 1e6], got {v}")));
             }
         }
-        Ok(())
+        match (self.kind, &self.profile) {
+            (CostKind::Profiled, None) => {
+                Err(("cost.profile".into(), "a profile CSV (`servetwin engine profile`) for kind = \"profiled\"".into()))
+            }
+            (CostKind::Roofline, Some(_)) => Err(("cost.profile".into(), "no profile with kind = \"roofline\" (set kind = \"profiled\")".into())),
+            _ => Ok(()),
+        }
     }
 }
 

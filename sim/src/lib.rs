@@ -2,6 +2,7 @@
 //! serving core (scheduler, KV block manager, replica step, metrics) that the
 //! real engine runs too. See design.md at the repository's shared root.
 
+pub mod calibrate;
 pub mod cost;
 pub mod des;
 pub mod engine_spec;
@@ -11,6 +12,7 @@ pub mod metrics;
 pub mod model;
 pub mod output;
 pub mod prefix;
+pub mod profile;
 pub mod replica;
 pub mod router;
 pub mod scenario;

@@ -514,6 +514,7 @@ impl Metrics {
             spec_verify_time_fraction: self.spec.verify_ns as f64 / busy,
             spec_steps: self.spec_steps,
             spec_verifies: self.spec.verifies,
+            profiled_cost: None,
         })
     }
 }
@@ -641,6 +642,10 @@ pub struct Summary {
     /// Steps that verified drafts, and sequence verifies in them.
     pub spec_steps: u64,
     pub spec_verifies: u64,
+    /// With `[cost] kind = "profiled"`: how many steps the table covered
+    /// and the fitted roofline that costed the rest (set by the driver).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profiled_cost: Option<crate::profile::Coverage>,
 }
 
 #[cfg(test)]

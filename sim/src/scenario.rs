@@ -305,6 +305,10 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         let p = base_dir.join(&*w);
         *w = std::path::absolute(&p).unwrap_or(p);
     }
+    if let Some(w) = s.cost.profile.as_mut() {
+        let p = base_dir.join(&*w);
+        *w = std::path::absolute(&p).unwrap_or(p);
+    }
     // Open the workload once now so a missing or malformed trace is reported
     // as bad input against its key, before any output is written.
     Workload::open(&s.workload, s.seed, max_model_len, &base_dir)

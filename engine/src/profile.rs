@@ -1,0 +1,244 @@
+//! The profiler behind `servetwin engine profile`: times the engine's own
+//! step (the executor that `engine run` uses: batch built from block tables,
+//! forward pass, sampling, synchronisation) over a grid of batch shapes and
+//! returns the table the simulator's `profiled` cost model reads
+//! (`servetwin_sim::profile`, where the CSV format is documented).
+//!
+//! Generic over `Backend`: the same code profiles the CPU backend in tests
+//! and a GPU backend on the GPU. Each shape runs `warmup` times untimed,
+//! then `repeats` times; the row keeps the median, min and max.
+
+use servetwin_sim::profile::{model_shape, Profile, ProfileRow, RowKind};
+use servetwin_sim::scenario::Loaded;
+use servetwin_sim::sched::Seq;
+use servetwin_sim::step::{Executor, Step, StepOutcome};
+use servetwin_sim::workload::Request;
+
+use crate::backend::Backend;
+use crate::executor::WallClock;
+use crate::{driver, EngineError, Result};
+
+/// The batch shapes to measure.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Grid {
+    pub name: &'static str,
+    /// Prefill surface: one chunk of each size over each prior context.
+    pub prefill_tokens: Vec<u32>,
+    pub prefill_context_tokens: Vec<u32>,
+    /// Decode surface: each batch size at each Σ context.
+    pub decode_seqs: Vec<u32>,
+    pub decode_context_tokens: Vec<u64>,
+    /// Mixed steps, as chunked prefill makes them: (chunk, its context,
+    /// decoding sequences, their Σ context).
+    pub mixed: Vec<(u32, u32, u32, u64)>,
+    pub warmup: u32,
+    pub repeats: u32,
+}
+
+impl Grid {
+    /// Seconds on a CPU: for tests and the tiny CPU scenario.
+    pub fn small() -> Self {
+        Grid {
+            name: "small",
+            prefill_tokens: vec![1, 16, 64, 256, 512],
+            prefill_context_tokens: vec![0, 128, 512],
+            decode_seqs: vec![1, 4, 16],
+            decode_context_tokens: vec![16, 256, 1024, 2048],
+            mixed: vec![(64, 0, 4, 256), (256, 128, 8, 1024), (16, 256, 16, 2048)],
+            warmup: 2,
+            repeats: 5,
+        }
+    }
+
+    /// A few minutes on one GPU for an 8B model: chunks up to 8192 tokens
+    /// over up to 8192 of context; decode batches up to 256 over up to
+    /// 384k tokens of KV (shapes that do not fit the KV pool or the model's
+    /// length are skipped and reported).
+    pub fn gpu() -> Self {
+        Grid {
+            name: "default",
+            prefill_tokens: vec![1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
+            prefill_context_tokens: vec![0, 512, 2048, 4096, 8192],
+            decode_seqs: vec![1, 2, 4, 8, 16, 32, 64, 128, 192, 256],
+            decode_context_tokens: vec![256, 1024, 4096, 16_384, 65_536, 131_072, 262_144, 393_216],
+            mixed: vec![
+                (512, 0, 16, 16 * 1024),
+                (512, 2048, 64, 64 * 1024),
+                (2048, 0, 32, 32 * 2048),
+                (2048, 4096, 128, 128 * 1024),
+                (128, 0, 128, 128 * 2048),
+                (1024, 1024, 256, 256 * 512),
+            ],
+            warmup: 3,
+            repeats: 10,
+        }
+    }
+
+    /// The rows to measure, in order (prefill, decode, mixed), times unset.
+    pub fn rows(&self) -> Vec<ProfileRow> {
+        let mut rows = Vec::new();
+        for &n in &self.prefill_tokens {
+            for &c in &self.prefill_context_tokens {
+                rows.push(ProfileRow::new(RowKind::Prefill, (n, c), (0, 0)));
+            }
+        }
+        for &b in &self.decode_seqs {
+            for &k in &self.decode_context_tokens {
+                rows.push(ProfileRow::new(RowKind::Decode, (0, 0), (b, k)));
+            }
+        }
+        for &(n, c, b, k) in &self.mixed {
+            rows.push(ProfileRow::new(RowKind::Mixed, (n, c), (b, k)));
+        }
+        rows
+    }
+}
+
+/// Why a grid point was not measured.
+fn unfit(row: &ProfileRow, max_model_len: u32, block_size: u32, blocks: u32) -> Option<String> {
+    let seqs = row.seqs();
+    if seqs.iter().any(|&(n, c)| n == 1 && c == 0) {
+        return Some("fewer context tokens than decoding sequences".into());
+    }
+    if let Some(&(n, c)) = seqs.iter().find(|&&(n, c)| n + c > max_model_len) {
+        return Some(format!("a sequence of {} tokens exceeds max_model_len {max_model_len}", n + c));
+    }
+    let need: u64 = seqs.iter().map(|&(n, c)| (n + c).div_ceil(block_size) as u64).sum();
+    (need > blocks as u64).then(|| format!("needs {need} KV blocks, the pool has {blocks}"))
+}
+
+/// What a profile run reports as it goes.
+pub enum Progress<'a> {
+    Measured(&'a ProfileRow),
+    Skipped(&'a ProfileRow, String),
+}
+
+/// Profiles `loaded`'s model on `backend` over `grid`. `meta` is written
+/// after the profiler's own metadata (model, dtype, grid, …): the caller's
+/// device, driver, commit and date.
+pub fn profile<B: Backend>(
+    backend: B,
+    loaded: &Loaded,
+    grid: &Grid,
+    meta: Vec<(String, String)>,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<Profile> {
+    let backend_name = backend.name();
+    let dtype = match backend.elem_bytes() {
+        4 => "fp32",
+        2 => "bf16",
+        1 => "fp8",
+        _ => "unknown",
+    };
+    let clock = WallClock::default();
+    let mut exec = driver::build(backend, loaded, clock.clone())?;
+    let m = &loaded.model;
+    let s = &loaded.scenario;
+    let mut out = Profile {
+        meta: vec![
+            ("servetwin_profile".into(), "1".into()),
+            ("model".into(), m.name.clone()),
+            ("model_shape".into(), model_shape(m)),
+            ("dtype".into(), dtype.into()),
+            ("backend".into(), backend_name.into()),
+            ("hardware".into(), loaded.gpu.name.clone()),
+            ("grid".into(), grid.name.into()),
+            ("warmup".into(), grid.warmup.to_string()),
+            ("repeats".into(), grid.repeats.to_string()),
+            ("block_size_tokens".into(), s.scheduler.block_size_tokens.to_string()),
+            ("kv_blocks".into(), loaded.kv_blocks_per_replica.to_string()),
+            ("scenario".into(), loaded.path.display().to_string()),
+        ],
+        ..Default::default()
+    };
+    out.meta.extend(meta);
+    let runs = grid.warmup + grid.repeats.max(1);
+    let mut next_id = 0u64;
+    let mut outcome = StepOutcome::default();
+    let mut times = Vec::with_capacity(runs as usize);
+    clock.start();
+    for mut row in grid.rows() {
+        let bs = s.scheduler.block_size_tokens;
+        if let Some(why) = unfit(&row, loaded.limits.max_model_len, bs, loaded.kv_blocks_per_replica) {
+            progress(Progress::Skipped(&row, why));
+            continue;
+        }
+        // Fresh sequences that finish on the last run, so the executor's
+        // token store forgets them; blocks from 0 (the cache's contents do
+        // not change the time).
+        let mut first_block = 0;
+        let running: Vec<Seq> = row
+            .seqs()
+            .into_iter()
+            .map(|(n, c)| {
+                let req = Request {
+                    id: next_id,
+                    arrival_ns: 0,
+                    input_tokens: c + n,
+                    output_tokens: runs,
+                    prefix: Vec::new(),
+                    class: 0,
+                    priority: 0,
+                    session: None,
+                };
+                next_id += 1;
+                let mut seq = Seq::new(req);
+                let blocks = (c + n).div_ceil(bs);
+                seq.blocks = (first_block..first_block + blocks).collect();
+                first_block += blocks;
+                seq.computed = c;
+                seq
+            })
+            .collect();
+        let mut plan = row.plan();
+        for (item, seq) in plan.items.iter_mut().zip(&running) {
+            item.req = seq.id;
+        }
+        times.clear();
+        for i in 0..runs {
+            let step = Step { now_ns: clock.now_ns(), plan: &plan, running: &running };
+            exec.execute(step, &mut outcome).map_err(|e| EngineError::Backend(e.0))?;
+            if i >= grid.warmup {
+                times.push(outcome.duration_ns);
+            }
+        }
+        times.sort_unstable();
+        row.repeats = times.len() as u32;
+        row.min_ns = times[0];
+        row.max_ns = times[times.len() - 1];
+        row.median_ns = times[times.len() / 2];
+        progress(Progress::Measured(&row));
+        out.rows.push(row);
+    }
+    if out.rows.is_empty() {
+        let msg = "a grid with at least one shape that fits (every one was skipped)".into();
+        return Err(EngineError::Unsupported { key: "grid".into(), msg });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unfit_points_say_why() {
+        let d = |b, k| ProfileRow::new(RowKind::Decode, (0, 0), (b, k));
+        assert!(unfit(&d(4, 2), 1024, 16, 100).unwrap().contains("fewer context"));
+        assert!(unfit(&d(1, 2000), 1024, 16, 1000).unwrap().contains("max_model_len"));
+        // 4 × (256 + 1) tokens: 17 blocks each.
+        assert_eq!(unfit(&d(4, 1024), 1024, 16, 67).unwrap(), "needs 68 KV blocks, the pool has 67");
+        assert_eq!(unfit(&d(4, 1024), 1024, 16, 68), None);
+    }
+
+    #[test]
+    fn grids_list_every_shape_once() {
+        for g in [Grid::small(), Grid::gpu()] {
+            let rows = g.rows();
+            let n = g.prefill_tokens.len() * g.prefill_context_tokens.len()
+                + g.decode_seqs.len() * g.decode_context_tokens.len()
+                + g.mixed.len();
+            assert_eq!(rows.len(), n);
+        }
+    }
+}

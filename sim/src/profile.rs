@@ -1,0 +1,575 @@
+//! Profiled step-time tables and the `profiled` cost model (design.md,
+//! "The calibration loop").
+//!
+//! A profile is a CSV that `servetwin engine profile` writes: `# key: value`
+//! metadata lines (device, model, dtype, commit, date, …), then one row per
+//! measured batch shape:
+//!
+//! | column | meaning |
+//! |---|---|
+//! | `kind` | `prefill`, `decode` or `mixed` |
+//! | `prefill_tokens` | new tokens of the one prefill chunk (0 without one) |
+//! | `prefill_context_tokens` | tokens in KV before that chunk |
+//! | `decode_seqs` | sequences decoding one token each (0 without) |
+//! | `decode_context_tokens` | Σ tokens in KV before the step over them, spread evenly (first `Σ mod n` get one more) |
+//! | `repeats` | timed executions after warm-up |
+//! | `median_ns`, `min_ns`, `max_ns` | of those executions' durations |
+//!
+//! The prefill chunk samples its last token (it is a prompt's last chunk);
+//! every decode samples. `ProfileRow::plan` rebuilds the exact batch.
+//!
+//! The `profiled` cost model (`ProfiledCost`) reads the table as two
+//! surfaces, each a rectilinear grid interpolated bilinearly:
+//! - prefill: step time over (chunk tokens, prior context) from `prefill` rows;
+//! - decode: step time over (sequences, Σ context) from `decode` rows. Decode
+//!   time is close to a + b·seqs + c·Σcontext (weights and per-token GEMM
+//!   work, KV reads), which bilinear interpolation in these axes reproduces
+//!   exactly.
+//!
+//! Bilinear interpolation between grid points is linear along each axis, so
+//! where the measured rows are monotone along an axis the interpolated time
+//! is too. A step's shape is mapped to an *anchor* on one surface, and what
+//! the anchor does not capture is added by the roofline fitted to the same
+//! table (`crate::calibrate`): time = table(anchor) + roofline(step) −
+//! roofline(anchor). The anchor is:
+//! - decode-only steps: the step itself (b sequences, Σ context);
+//! - prefill-only steps: one chunk of the step's prefill tokens N over the
+//!   context c that gives the same causal attention work, c = (scores −
+//!   N(N+1)/2) / N, at least 0 (several prompts batched, as vLLM's policy
+//!   does, become one chunk; the roofline corrects the attention difference,
+//!   and a non-final chunk's skipped sampling);
+//! - mixed steps (chunked prefill): the larger part's anchor (by tokens);
+//!   the other part's marginal time comes from the fitted roofline. The
+//!   profile's `mixed` rows are not interpolated; they enter the fit and
+//!   measure this composition (`calibrate` prints its error).
+//!
+//! A step whose anchor lies outside the table (or on a cell with an
+//! unmeasured corner) is costed by the fitted roofline alone and counted;
+//! the run's summary reports both counts (`Coverage`).
+
+use std::cell::Cell;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cost::{CostModel, CostSpec, Roofline, StepCost};
+use crate::hardware::GpuConfig;
+use crate::model::ModelConfig;
+use crate::step::{BatchShape, PlanItem, StepPlan};
+
+/// The columns of a profile CSV, in order.
+pub const COLUMNS: [&str; 9] = [
+    "kind",
+    "prefill_tokens",
+    "prefill_context_tokens",
+    "decode_seqs",
+    "decode_context_tokens",
+    "repeats",
+    "median_ns",
+    "min_ns",
+    "max_ns",
+];
+
+/// A malformed or unusable profile: the file, the line when one is to blame.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{}: {msg}", path.display(), line.map_or(String::new(), |l| format!(":{l}")))]
+pub struct ProfileError {
+    pub path: PathBuf,
+    pub line: Option<u64>,
+    pub msg: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RowKind {
+    Prefill,
+    Decode,
+    Mixed,
+}
+
+/// One measured batch shape.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileRow {
+    pub kind: RowKind,
+    pub prefill_tokens: u32,
+    pub prefill_context_tokens: u32,
+    pub decode_seqs: u32,
+    pub decode_context_tokens: u64,
+    pub repeats: u32,
+    pub median_ns: u64,
+    pub min_ns: u64,
+    pub max_ns: u64,
+}
+
+impl ProfileRow {
+    /// A row for `kind` with its shape; times to be filled in.
+    pub fn new(kind: RowKind, prefill: (u32, u32), decode: (u32, u64)) -> Self {
+        ProfileRow {
+            kind,
+            prefill_tokens: prefill.0,
+            prefill_context_tokens: prefill.1,
+            decode_seqs: decode.0,
+            decode_context_tokens: decode.1,
+            repeats: 0,
+            median_ns: 0,
+            min_ns: 0,
+            max_ns: 0,
+        }
+    }
+
+    /// (new tokens, context tokens) of each sequence: the prefill chunk
+    /// first, then the decodes.
+    pub fn seqs(&self) -> Vec<(u32, u32)> {
+        let mut v = Vec::with_capacity(self.decode_seqs as usize + 1);
+        if self.prefill_tokens > 0 {
+            v.push((self.prefill_tokens, self.prefill_context_tokens));
+        }
+        let n = self.decode_seqs as u64;
+        for i in 0..n {
+            let ctx = self.decode_context_tokens / n + u64::from(i < self.decode_context_tokens % n);
+            v.push((1, ctx as u32));
+        }
+        v
+    }
+
+    /// The plan the profiler runs for this row (request ids from 0, slots
+    /// in order; every sequence samples).
+    pub fn plan(&self) -> StepPlan {
+        let items = (0..)
+            .zip(self.seqs())
+            .map(|(i, (new_tokens, context_tokens))| PlanItem {
+                req: i as u64,
+                slot: i,
+                new_tokens,
+                context_tokens,
+                samples: true,
+                draft_tokens: 0,
+                class: 0,
+            })
+            .collect();
+        StepPlan { items, ..Default::default() }
+    }
+
+    pub fn shape(&self) -> BatchShape {
+        self.plan().shape()
+    }
+
+    /// What is wrong with the row's shape for its kind, if anything.
+    fn check(&self) -> Result<(), String> {
+        let (p, d) = (self.prefill_tokens > 0, self.decode_seqs > 0);
+        let want = match self.kind {
+            RowKind::Prefill => p && !d,
+            RowKind::Decode => d && !p,
+            RowKind::Mixed => p && d,
+        };
+        if !want {
+            return Err(format!(
+                "a {:?} row needs {}",
+                self.kind,
+                match self.kind {
+                    RowKind::Prefill => "prefill_tokens > 0 and decode_seqs = 0",
+                    RowKind::Decode => "decode_seqs > 0 and prefill_tokens = 0",
+                    RowKind::Mixed => "prefill_tokens > 0 and decode_seqs > 0",
+                }
+            ));
+        }
+        if d && self.decode_context_tokens < self.decode_seqs as u64 {
+            return Err("decode_context_tokens ≥ decode_seqs (every decoding sequence has context)".into());
+        }
+        if !p && self.prefill_context_tokens > 0 {
+            return Err("prefill_context_tokens = 0 without a prefill chunk".into());
+        }
+        if self.repeats == 0 || self.min_ns == 0 || !(self.min_ns <= self.median_ns && self.median_ns <= self.max_ns) {
+            return Err("repeats ≥ 1 and 0 < min_ns ≤ median_ns ≤ max_ns".into());
+        }
+        Ok(())
+    }
+}
+
+/// A profile: metadata and rows, with the line each row came from.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Profile {
+    pub path: PathBuf,
+    /// `# key: value` lines, in file order.
+    pub meta: Vec<(String, String)>,
+    pub rows: Vec<ProfileRow>,
+    pub lines: Vec<u64>,
+}
+
+impl Profile {
+    pub fn read(path: &Path) -> Result<Profile, ProfileError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ProfileError { path: path.into(), line: None, msg: format!("cannot read: {e}") })?;
+        Profile::parse(&text, path)
+    }
+
+    pub fn parse(text: &str, path: &Path) -> Result<Profile, ProfileError> {
+        let err = |line: Option<u64>, msg: String| ProfileError { path: path.into(), line, msg };
+        let mut meta = Vec::new();
+        for (i, l) in text.lines().enumerate() {
+            let Some(rest) = l.strip_prefix('#') else { break };
+            let (k, v) = rest
+                .split_once(':')
+                .ok_or_else(|| err(Some(i as u64 + 1), "a metadata line `# key: value`".into()))?;
+            meta.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let mut r = csv::ReaderBuilder::new().comment(Some(b'#')).from_reader(text.as_bytes());
+        let header = r.headers().map_err(|e| err(None, e.to_string()))?.clone();
+        if header.iter().ne(COLUMNS) {
+            let line = header.position().map(|p| p.line());
+            return Err(err(line, format!("the header `{}`, got `{}`", COLUMNS.join(","), header.iter().collect::<Vec<_>>().join(","))));
+        }
+        let (mut rows, mut lines) = (Vec::new(), Vec::new());
+        for rec in r.records() {
+            let rec = rec.map_err(|e| err(e.position().map(|p| p.line()), e.to_string()))?;
+            let line = rec.position().map_or(0, |p| p.line());
+            let row: ProfileRow = rec.deserialize(Some(&header)).map_err(|e| {
+                let msg = match e.kind() {
+                    csv::ErrorKind::Deserialize { err, .. } => {
+                        let col = err.field().and_then(|f| COLUMNS.get(f as usize)).map_or(String::new(), |c| format!("{c}: "));
+                        format!("{col}{}", err.kind())
+                    }
+                    k => format!("{k:?}"),
+                };
+                err(Some(line), msg)
+            })?;
+            row.check().map_err(|m| err(Some(line), m))?;
+            if let Some(j) = rows.iter().position(|o: &ProfileRow| same_shape(o, &row)) {
+                return Err(err(Some(line), format!("the same shape as line {}", lines[j])));
+            }
+            rows.push(row);
+            lines.push(line);
+        }
+        if rows.is_empty() {
+            return Err(err(None, "at least one measured row".into()));
+        }
+        Ok(Profile { path: path.into(), meta, rows, lines })
+    }
+
+    /// The file's text: metadata lines, header, rows.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::new();
+        for (k, v) in &self.meta {
+            out += &format!("# {k}: {v}\n");
+        }
+        let mut w = csv::Writer::from_writer(Vec::new());
+        for row in &self.rows {
+            w.serialize(row).expect("rows serialize");
+        }
+        if self.rows.is_empty() {
+            w.write_record(COLUMNS).expect("header");
+        }
+        out + &String::from_utf8(w.into_inner().expect("in memory")).expect("utf-8")
+    }
+
+    /// Refuses a profile measured on another architecture than `model`.
+    pub fn check_model(&self, model: &ModelConfig) -> Result<(), ProfileError> {
+        let want = model_shape(model);
+        match self.meta("model_shape") {
+            Some(s) if s == want => Ok(()),
+            got => Err(ProfileError {
+                path: self.path.clone(),
+                line: None,
+                msg: format!(
+                    "a profile of the scenario's model {} ({want}), got one of {} ({})",
+                    model.name,
+                    self.meta("model").unwrap_or("?"),
+                    got.unwrap_or("no model_shape line")
+                ),
+            }),
+        }
+    }
+
+    pub fn meta(&self, key: &str) -> Option<&str> {
+        self.meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
+fn same_shape(a: &ProfileRow, b: &ProfileRow) -> bool {
+    (a.prefill_tokens, a.prefill_context_tokens, a.decode_seqs, a.decode_context_tokens)
+        == (b.prefill_tokens, b.prefill_context_tokens, b.decode_seqs, b.decode_context_tokens)
+}
+
+/// The architecture a profile was measured on, as its `model_shape`
+/// metadata: a table only costs steps of the same shapes of weights.
+pub fn model_shape(m: &ModelConfig) -> String {
+    format!(
+        "layers={} hidden={} intermediate={} heads={} kv_heads={} head_dim={} vocab={}",
+        m.num_layers, m.hidden_size, m.intermediate_size, m.num_attention_heads, m.num_key_value_heads, m.head_dim, m.vocab_size
+    )
+}
+
+/// A rectilinear grid of measured times, with holes where a point was not
+/// measured.
+#[derive(Debug, Clone, Default)]
+struct Surface {
+    xs: Vec<f64>,
+    ys: Vec<f64>,
+    z: Vec<Option<f64>>,
+}
+
+impl Surface {
+    fn new(points: &[(f64, f64, f64)]) -> Self {
+        let axis = |f: fn(&(f64, f64, f64)) -> f64| {
+            let mut v: Vec<f64> = points.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v.dedup();
+            v
+        };
+        let (xs, ys) = (axis(|p| p.0), axis(|p| p.1));
+        let mut z = vec![None; xs.len() * ys.len()];
+        for &(x, y, t) in points {
+            let i = xs.partition_point(|&v| v < x);
+            let j = ys.partition_point(|&v| v < y);
+            z[i * ys.len() + j] = Some(t);
+        }
+        Surface { xs, ys, z }
+    }
+
+    /// Bilinear interpolation; None outside the grid or where a corner
+    /// with a non-zero weight was not measured.
+    fn at(&self, x: f64, y: f64) -> Option<f64> {
+        let (i, u) = locate(&self.xs, x)?;
+        let (j, v) = locate(&self.ys, y)?;
+        let mut t = 0.0;
+        for (di, wx) in [(0, 1.0 - u), (1, u)] {
+            for (dj, wy) in [(0, 1.0 - v), (1, v)] {
+                let w = wx * wy;
+                if w > 0.0 {
+                    t += w * self.z[(i + di) * self.ys.len() + j + dj]?;
+                }
+            }
+        }
+        Some(t)
+    }
+}
+
+/// The cell of `axis` holding `x` and the fraction along it.
+fn locate(axis: &[f64], x: f64) -> Option<(usize, f64)> {
+    let (first, last) = (*axis.first()?, *axis.last()?);
+    if x < first || x > last {
+        return None;
+    }
+    if axis.len() == 1 {
+        return Some((0, 0.0));
+    }
+    let i = axis.partition_point(|&v| v <= x).clamp(1, axis.len() - 1) - 1;
+    Some((i, (x - axis[i]) / (axis[i + 1] - axis[i])))
+}
+
+/// How a run's steps were costed by the `profiled` model (summary.json's
+/// `profiled_cost`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Coverage {
+    pub profile: String,
+    /// Steps interpolated from the table.
+    pub steps_in_table: u64,
+    /// Steps outside it, costed by the fitted roofline alone.
+    pub steps_outside_table: u64,
+    /// The roofline fitted to the table (`crate::calibrate`).
+    pub fitted_gemm_efficiency: f64,
+    pub fitted_attention_efficiency: f64,
+    pub fitted_memory_efficiency: f64,
+    pub fitted_step_overhead_us: f64,
+    /// Its error over the table's rows (%).
+    pub fit_mape_pct: f64,
+}
+
+/// The `profiled` cost model (see the module doc).
+#[derive(Debug, Clone)]
+pub struct ProfiledCost {
+    prefill: Surface,
+    decode: Surface,
+    roofline: Roofline,
+    coverage: Coverage,
+    inside: Cell<u64>,
+    outside: Cell<u64>,
+}
+
+impl ProfiledCost {
+    /// The model for `profile` measured on `model`; `gpu` and `base` give the
+    /// roofline its peaks and the factors the fit does not touch.
+    pub fn new(profile: &Profile, model: &ModelConfig, gpu: &GpuConfig, base: &CostSpec) -> Result<Self, ProfileError> {
+        profile.check_model(model)?;
+        let points = |kind: RowKind, key: fn(&ProfileRow) -> (f64, f64)| -> Vec<(f64, f64, f64)> {
+            profile.rows.iter().filter(|r| r.kind == kind).map(|r| (key(r).0, key(r).1, r.median_ns as f64 * 1e-9)).collect()
+        };
+        let prefill = Surface::new(&points(RowKind::Prefill, |r| (r.prefill_tokens as f64, r.prefill_context_tokens as f64)));
+        let decode = Surface::new(&points(RowKind::Decode, |r| (r.decode_seqs as f64, r.decode_context_tokens as f64)));
+        let fit = crate::calibrate::fit(&profile.rows, model, gpu, base);
+        let coverage = Coverage {
+            profile: profile.path.display().to_string(),
+            fitted_gemm_efficiency: fit.spec.gemm_efficiency,
+            fitted_attention_efficiency: fit.spec.attention_efficiency,
+            fitted_memory_efficiency: fit.spec.memory_efficiency,
+            fitted_step_overhead_us: fit.spec.step_overhead_us,
+            fit_mape_pct: fit.mape_pct,
+            ..Default::default()
+        };
+        Ok(ProfiledCost {
+            prefill,
+            decode,
+            roofline: Roofline::new(model, gpu, &fit.spec),
+            coverage,
+            inside: Cell::new(0),
+            outside: Cell::new(0),
+        })
+    }
+
+    /// The anchor of `s` on a surface and the table's time there (seconds).
+    fn anchor(&self, s: &BatchShape) -> Option<(BatchShape, f64)> {
+        let (n, b) = (s.prefill_tokens, s.decode_seqs);
+        if b >= n.max(1) {
+            let ctx = s.decode_kv_tokens - b;
+            let t = self.decode.at(b as f64, ctx as f64)?;
+            let row = ProfileRow::new(RowKind::Decode, (0, 0), (b as u32, ctx));
+            Some((row.shape(), t))
+        } else {
+            let causal = n * (n + 1) / 2;
+            let ctx = (s.prefill_attn_scores.saturating_sub(causal) as f64 / n as f64).round() as u32;
+            let t = self.prefill.at(n as f64, ctx as f64)?;
+            let row = ProfileRow::new(RowKind::Prefill, (n as u32, ctx), (0, 0));
+            Some((row.shape(), t))
+        }
+    }
+
+    /// The steps costed so far, in and out of the table.
+    pub fn coverage(&self) -> Coverage {
+        Coverage { steps_in_table: self.inside.get(), steps_outside_table: self.outside.get(), ..self.coverage.clone() }
+    }
+}
+
+impl CostModel for ProfiledCost {
+    fn step_cost(&self, s: &BatchShape) -> StepCost {
+        let fitted = self.roofline.step_cost(s);
+        if s.tokens == 0 {
+            return fitted;
+        }
+        let Some((anchor, table_s)) = self.anchor(s) else {
+            self.outside.set(self.outside.get() + 1);
+            return fitted;
+        };
+        self.inside.set(self.inside.get() + 1);
+        let total = |c: &StepCost| c.op_s.iter().sum::<f64>();
+        let fitted_s = total(&fitted);
+        let t = (table_s + fitted_s - total(&self.roofline.step_cost(&anchor))).max(1e-9);
+        // The breakdown is the fitted roofline's, scaled to the total.
+        let scale = if fitted_s > 0.0 { t / fitted_s } else { 0.0 };
+        StepCost { duration_ns: (t * 1e9).round() as u64, op_s: fitted.op_s.map(|x| x * scale) }
+    }
+}
+
+/// The cost model a scenario's `[cost]` selects.
+#[derive(Debug, Clone)]
+pub enum ScenarioCost {
+    Roofline(Roofline),
+    Profiled(ProfiledCost),
+}
+
+impl CostModel for ScenarioCost {
+    fn step_cost(&self, s: &BatchShape) -> StepCost {
+        match self {
+            ScenarioCost::Roofline(r) => r.step_cost(s),
+            ScenarioCost::Profiled(p) => p.step_cost(s),
+        }
+    }
+}
+
+impl ScenarioCost {
+    pub fn coverage(&self) -> Option<Coverage> {
+        match self {
+            ScenarioCost::Roofline(_) => None,
+            ScenarioCost::Profiled(p) => Some(p.coverage()),
+        }
+    }
+}
+
+impl crate::scenario::Loaded {
+    /// The cost model of one replica: `[cost] kind`'s, its profile read
+    /// and checked against the model.
+    pub fn cost_model(&self) -> Result<ScenarioCost, ProfileError> {
+        let c = &self.scenario.cost;
+        match (&c.kind, &c.profile) {
+            (crate::cost::CostKind::Profiled, Some(path)) => {
+                let tp = self.scenario.parallelism.tp;
+                if tp != 1 {
+                    let msg = format!("parallelism.tp = 1 with a profiled cost model (profiles are of one GPU), got {tp}");
+                    return Err(ProfileError { path: path.clone(), line: None, msg });
+                }
+                let profile = Profile::read(path)?;
+                Ok(ScenarioCost::Profiled(ProfiledCost::new(&profile, &self.model, &self.gpu, c)?))
+            }
+            _ => Ok(ScenarioCost::Roofline(self.roofline())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(kind: RowKind, p: (u32, u32), d: (u32, u64), ns: u64) -> ProfileRow {
+        ProfileRow { repeats: 3, median_ns: ns, min_ns: ns, max_ns: ns, ..ProfileRow::new(kind, p, d) }
+    }
+
+    #[test]
+    fn bilinear_is_exact_on_the_grid_and_linear_between() {
+        let s = Surface::new(&[(1.0, 0.0, 1.0), (3.0, 0.0, 3.0), (1.0, 10.0, 2.0), (3.0, 10.0, 4.0)]);
+        assert_eq!(s.at(1.0, 0.0), Some(1.0));
+        assert_eq!(s.at(3.0, 10.0), Some(4.0));
+        assert_eq!(s.at(2.0, 5.0), Some(2.5));
+        assert_eq!(s.at(0.5, 5.0), None);
+        assert_eq!(s.at(2.0, 11.0), None);
+    }
+
+    #[test]
+    fn holes_only_matter_where_they_weigh() {
+        // (3, 10) not measured: the edge y = 0 still interpolates.
+        let s = Surface::new(&[(1.0, 0.0, 1.0), (3.0, 0.0, 3.0), (1.0, 10.0, 2.0)]);
+        assert_eq!(s.at(2.0, 0.0), Some(2.0));
+        assert_eq!(s.at(1.0, 5.0), Some(1.5));
+        assert_eq!(s.at(2.0, 5.0), None);
+    }
+
+    #[test]
+    fn rows_rebuild_their_batch() {
+        let r = row(RowKind::Mixed, (64, 100), (3, 10), 1);
+        assert_eq!(r.seqs(), vec![(64, 100), (1, 4), (1, 3), (1, 3)]);
+        let s = r.shape();
+        assert_eq!((s.prefill_tokens, s.decode_seqs, s.decode_kv_tokens, s.sampled), (64, 3, 13, 4));
+    }
+
+    #[test]
+    fn a_profile_round_trips_through_its_csv() {
+        let p = Profile {
+            path: "p.csv".into(),
+            meta: vec![("model".into(), "custom".into()), ("date".into(), "2026-11-23T18:00:00Z".into())],
+            rows: vec![row(RowKind::Prefill, (16, 0), (0, 0), 100), row(RowKind::Decode, (0, 0), (4, 64), 50)],
+            lines: vec![4, 5],
+        };
+        let text = p.to_csv();
+        assert!(text.starts_with("# model: custom\n# date: 2026-11-23T18:00:00Z\nkind,prefill_tokens,"), "{text}");
+        assert_eq!(Profile::parse(&text, Path::new("p.csv")).unwrap(), p);
+    }
+
+    #[test]
+    fn malformed_rows_are_refused_with_their_line() {
+        let head = format!("# model: custom\n{}\n", COLUMNS.join(","));
+        let bad = |body: &str| Profile::parse(&(head.clone() + body), Path::new("t.csv")).unwrap_err().to_string();
+        let e = bad("prefill,16,0,0,0,3,10,10,10\ndecode,0,0,x,64,3,10,10,10\n");
+        assert!(e.starts_with("t.csv:4: decode_seqs: "), "{e}");
+        let e = bad("decode,16,0,0,0,3,10,10,10\n");
+        assert!(e.starts_with("t.csv:3: a Decode row needs"), "{e}");
+        let e = bad("decode,0,0,4,2,3,10,10,10\n");
+        assert!(e.contains("t.csv:3:") && e.contains("decode_context_tokens ≥ decode_seqs"), "{e}");
+        let e = bad("prefill,16,0,0,0,3,10,10,10\nprefill,16,0,0,0,3,12,12,12\n");
+        assert_eq!(e, "t.csv:4: the same shape as line 3");
+        let e = bad("prefill,16,0,0,0,3,10,12,10\n");
+        assert!(e.contains("min_ns ≤ median_ns"), "{e}");
+        let e = Profile::parse("# model: x\nkind,tokens\n", Path::new("t.csv")).unwrap_err().to_string();
+        assert!(e.starts_with("t.csv:2: the header `kind,prefill_tokens"), "{e}");
+        let e = Profile::parse(&head, Path::new("t.csv")).unwrap_err().to_string();
+        assert_eq!(e, "t.csv: at least one measured row");
+    }
+}

@@ -1,0 +1,60 @@
+//! `servetwin calibrate PROFILE`: the roofline's efficiency factors fitted
+//! to a profile (`servetwin_sim::calibrate`), printed with their error and
+//! written as a `[cost]` fragment any scenario (any GPU's) can use; and the
+//! `profiled` model's own error on the profile's mixed rows, which it
+//! composes rather than interpolates.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use servetwin_sim::calibrate::{fit, to_toml};
+use servetwin_sim::cost::CostModel;
+use servetwin_sim::profile::{Profile, ProfiledCost, RowKind};
+use servetwin_sim::scenario::{self, Loaded};
+
+/// The model and GPU the profile was measured on: `scenario`'s, else the
+/// catalog entries its metadata names.
+fn deployment(profile: &Profile, scenario: Option<&Path>, set: &[String]) -> anyhow::Result<Loaded> {
+    if let Some(p) = scenario {
+        return Ok(scenario::load(p, set, None)?);
+    }
+    let model = profile.meta("model").filter(|m| *m != "custom").with_context(|| {
+        format!("{}: names no catalog model (custom models need --scenario with their [model])", profile.path.display())
+    })?;
+    let mut all = vec![format!("model.name={model}")];
+    if let Some(g) = profile.meta("hardware") {
+        all.push(format!("hardware.gpu={g}"));
+    }
+    all.extend_from_slice(set);
+    Ok(scenario::load_str("", Path::new("calibrate"), &all)?)
+}
+
+pub fn run(profile: &Path, scenario: Option<&Path>, set: &[String], out: Option<PathBuf>) -> anyhow::Result<()> {
+    let p = Profile::read(profile)?;
+    let loaded = deployment(&p, scenario, set)?;
+    p.check_model(&loaded.model)?;
+    let base = &loaded.scenario.cost;
+    let f = fit(&p.rows, &loaded.model, &loaded.gpu, base);
+    let text = to_toml(&f, &profile.display().to_string());
+    println!("Roofline fitted to {} rows of {} on {}'s peaks:", f.points, profile.display(), loaded.gpu.name);
+    print!("{}", text.lines().filter(|l| !l.starts_with('#')).map(|l| format!("  {l}\n")).collect::<String>());
+    println!("fit error: MAPE {:.2} %, worst {:.2} %", f.mape_pct, f.max_ape_pct);
+    for (k, n, m) in &f.by_kind {
+        println!("  {:<8} {n:>4} rows  MAPE {m:.2} %", format!("{k:?}").to_lowercase());
+    }
+    let mixed: Vec<_> = p.rows.iter().filter(|r| r.kind == RowKind::Mixed).collect();
+    if !mixed.is_empty() {
+        let model = ProfiledCost::new(&p, &loaded.model, &loaded.gpu, base)?;
+        let ape: f64 = mixed
+            .iter()
+            .map(|r| (model.step_cost(&r.shape()).duration_ns as f64 / r.median_ns as f64 - 1.0).abs())
+            .sum::<f64>()
+            / mixed.len() as f64;
+        println!("profiled model on the {} mixed rows it composes: MAPE {:.2} %", mixed.len(), 100.0 * ape);
+    }
+    if let Some(out) = out {
+        std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
+        println!("written to {}", out.display());
+    }
+    Ok(())
+}
