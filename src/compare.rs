@@ -120,16 +120,32 @@ pub fn compare(sim_run: &Path, engine_run: &Path) -> anyhow::Result<()> {
 struct CostedReplay {
     replay: ReplayExecutor,
     cost: ScenarioCost,
-    /// (costed, measured) per step.
+    /// (costed, measured) per step, and the step's kind.
     pairs: Vec<(u64, u64)>,
+    kinds: Vec<StepKind>,
+}
+
+/// What a step ran, for the per-kind error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepKind {
+    Prefill,
+    Decode,
+    Mixed,
 }
 
 impl Executor for CostedReplay {
     fn execute(&mut self, step: Step<'_>, outcome: &mut StepOutcome) -> Result<(), ExecuteError> {
-        let costed = self.cost.step_cost(&step.plan.shape()).duration_ns;
+        let shape = step.plan.shape();
+        let costed = self.cost.step_cost(&shape).duration_ns;
         self.replay.execute(step, outcome)?;
         if self.replay.overrun == 0 {
             self.pairs.push((costed, outcome.duration_ns));
+            self.kinds.push(match (shape.prefill_seqs > 0, shape.decode_seqs > 0) {
+                (true, false) => StepKind::Prefill,
+                (false, true) => StepKind::Decode,
+                _ => StepKind::Mixed,
+            });
         }
         Ok(())
     }
@@ -142,6 +158,8 @@ pub struct RunResult {
     pub rows: Vec<Row>,
     pub step_mape: f64,
     pub steps: usize,
+    /// Per-step MAPE of each kind of step: (kind, steps, MAPE).
+    pub step_mape_by_kind: Vec<(StepKind, usize, f64)>,
     pub coverage: Option<servetwin_sim::profile::Coverage>,
 }
 
@@ -174,7 +192,7 @@ fn validate_run(dir: &Path, profile: Option<&Path>) -> anyhow::Result<RunResult>
     let steps_csv = dir.join("steps.csv");
     let replay = ReplayExecutor::from_steps_csv(&steps_csv).with_context(|| format!("reading {}", steps_csv.display()))?;
     let recorded = replay.durations_ns.len();
-    let mut sim = Simulation::new(&loaded, |_| CostedReplay { replay: replay.clone(), cost: cost.clone(), pairs: Vec::new() })?;
+    let mut sim = Simulation::new(&loaded, |_| CostedReplay { replay: replay.clone(), cost: cost.clone(), pairs: Vec::new(), kinds: Vec::new() })?;
     sim.run(|_| {})?;
     let ex = &sim.executors_mut()[0];
     anyhow::ensure!(
@@ -183,7 +201,14 @@ fn validate_run(dir: &Path, profile: Option<&Path>) -> anyhow::Result<RunResult>
         dir.display(),
         ex.replay.next
     );
-    Ok(RunResult { run: name, rows, step_mape: mape(&ex.pairs), steps: ex.pairs.len(), coverage })
+    let step_mape_by_kind = [StepKind::Prefill, StepKind::Decode, StepKind::Mixed]
+        .into_iter()
+        .filter_map(|k| {
+            let p: Vec<(u64, u64)> = ex.pairs.iter().zip(&ex.kinds).filter(|(_, &x)| x == k).map(|(p, _)| *p).collect();
+            (!p.is_empty()).then(|| (k, p.len(), mape(&p)))
+        })
+        .collect();
+    Ok(RunResult { run: name, rows, step_mape: mape(&ex.pairs), steps: ex.pairs.len(), step_mape_by_kind, coverage })
 }
 
 /// The bounds `validate --check` holds (issue 10).
@@ -203,12 +228,13 @@ pub fn validate(dir: &Path, profile: Option<&Path>, check: bool, json: Option<Pa
     let all: Vec<Row> = results.iter().flat_map(|r| r.rows.clone()).collect();
     print_rows(&all);
     println!();
-    println!("{:<28} {:>7} {:>15} {:>12}", "run", "steps", "step MAPE", "in table");
+    println!("{:<28} {:>7} {:>10} {:>9}  step MAPE by kind (steps)", "run", "steps", "step MAPE", "in table");
     for r in &results {
         let cov = r.coverage.as_ref().map_or("-".into(), |c| {
             format!("{:.1}%", 100.0 * c.steps_in_table as f64 / (c.steps_in_table + c.steps_outside_table).max(1) as f64)
         });
-        println!("{:<28} {:>7} {:>14.2}% {:>12}", r.run, r.steps, 100.0 * r.step_mape, cov);
+        let kinds: Vec<String> = r.step_mape_by_kind.iter().map(|(k, n, m)| format!("{k:?} {:.2}% ({n})", 100.0 * m).to_lowercase()).collect();
+        println!("{:<28} {:>7} {:>9.2}% {:>9}  {}", r.run, r.steps, 100.0 * r.step_mape, cov, kinds.join(", "));
     }
     let mut head: Vec<(f64, &Row)> =
         all.iter().filter(|r| is_headline(&r.metric)).filter_map(|r| r.rel_error.map(|e| (e.abs(), r))).collect();

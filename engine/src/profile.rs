@@ -45,8 +45,8 @@ impl Grid {
             decode_seqs: vec![1, 4, 16],
             decode_context_tokens: vec![16, 256, 1024, 2048],
             mixed: vec![(64, 0, 4, 256), (256, 128, 8, 1024), (16, 256, 16, 2048)],
-            warmup: 2,
-            repeats: 5,
+            warmup: 1,
+            repeats: 3,
         }
     }
 
@@ -96,10 +96,10 @@ impl Grid {
 
 /// Why a grid point was not measured.
 fn unfit(row: &ProfileRow, max_model_len: u32, block_size: u32, blocks: u32) -> Option<String> {
-    let seqs = row.seqs();
-    if seqs.iter().any(|&(n, c)| n == 1 && c == 0) {
+    if row.decode_context_tokens < row.decode_seqs as u64 {
         return Some("fewer context tokens than decoding sequences".into());
     }
+    let seqs = row.seqs();
     if let Some(&(n, c)) = seqs.iter().find(|&&(n, c)| n + c > max_model_len) {
         return Some(format!("a sequence of {} tokens exceeds max_model_len {max_model_len}", n + c));
     }

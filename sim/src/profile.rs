@@ -217,7 +217,8 @@ impl Profile {
         let mut r = csv::ReaderBuilder::new().comment(Some(b'#')).from_reader(text.as_bytes());
         let header = r.headers().map_err(|e| err(None, e.to_string()))?.clone();
         if header.iter().ne(COLUMNS) {
-            let line = header.position().map(|p| p.line());
+            // The header follows the metadata lines.
+            let line = Some(meta.len() as u64 + 1);
             return Err(err(line, format!("the header `{}`, got `{}`", COLUMNS.join(","), header.iter().collect::<Vec<_>>().join(","))));
         }
         let (mut rows, mut lines) = (Vec::new(), Vec::new());
