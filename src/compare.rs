@@ -158,8 +158,9 @@ pub struct RunResult {
     pub rows: Vec<Row>,
     pub step_mape: f64,
     pub steps: usize,
-    /// Per-step MAPE of each kind of step: (kind, steps, MAPE).
-    pub step_mape_by_kind: Vec<(StepKind, usize, f64)>,
+    /// Each kind of step: (kind, steps, MAPE, mean signed relative error).
+    /// A bias near the MAPE is a model error; a bias near 0 is noise.
+    pub step_mape_by_kind: Vec<(StepKind, usize, f64, f64)>,
     pub coverage: Option<servetwin_sim::profile::Coverage>,
 }
 
@@ -205,7 +206,8 @@ fn validate_run(dir: &Path, profile: Option<&Path>) -> anyhow::Result<RunResult>
         .into_iter()
         .filter_map(|k| {
             let p: Vec<(u64, u64)> = ex.pairs.iter().zip(&ex.kinds).filter(|(_, &x)| x == k).map(|(p, _)| *p).collect();
-            (!p.is_empty()).then(|| (k, p.len(), mape(&p)))
+            let bias = p.iter().map(|&(c, m)| c as f64 / m.max(1) as f64 - 1.0).sum::<f64>() / p.len().max(1) as f64;
+            (!p.is_empty()).then(|| (k, p.len(), mape(&p), bias))
         })
         .collect();
     Ok(RunResult { run: name, rows, step_mape: mape(&ex.pairs), steps: ex.pairs.len(), step_mape_by_kind, coverage })
@@ -228,12 +230,13 @@ pub fn validate(dir: &Path, profile: Option<&Path>, check: bool, json: Option<Pa
     let all: Vec<Row> = results.iter().flat_map(|r| r.rows.clone()).collect();
     print_rows(&all);
     println!();
-    println!("{:<28} {:>7} {:>10} {:>9}  step MAPE by kind (steps)", "run", "steps", "step MAPE", "in table");
+    println!("{:<28} {:>7} {:>10} {:>9}  step MAPE / bias by kind (steps)", "run", "steps", "step MAPE", "in table");
     for r in &results {
         let cov = r.coverage.as_ref().map_or("-".into(), |c| {
             format!("{:.1}%", 100.0 * c.steps_in_table as f64 / (c.steps_in_table + c.steps_outside_table).max(1) as f64)
         });
-        let kinds: Vec<String> = r.step_mape_by_kind.iter().map(|(k, n, m)| format!("{k:?} {:.2}% ({n})", 100.0 * m).to_lowercase()).collect();
+        let kinds: Vec<String> =
+            r.step_mape_by_kind.iter().map(|(k, n, m, b)| format!("{k:?} {:.2}% / {:+.2}% ({n})", 100.0 * m, 100.0 * b).to_lowercase()).collect();
         println!("{:<28} {:>7} {:>9.2}% {:>9}  {}", r.run, r.steps, 100.0 * r.step_mape, cov, kinds.join(", "));
     }
     let mut head: Vec<(f64, &Row)> =
