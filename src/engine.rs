@@ -81,7 +81,7 @@ pub fn bench(model: &str, set: &[String], backend: BackendKind, quick: bool, out
 }
 
 #[cfg(not(feature = "cuda"))]
-fn no_cuda() -> EngineError {
+pub fn no_cuda() -> EngineError {
     EngineError::Unsupported {
         key: "--backend cuda".into(),
         msg: "a binary built with the CUDA backend: cargo build --release --features cuda".into(),

@@ -41,7 +41,10 @@ fn load(a: &Args) -> anyhow::Result<Loaded> {
         Some(p) => scenario::load(p, &set, None)?,
         None => {
             anyhow::ensure!(a.model.is_some(), "give a scenario or --model NAME");
-            scenario::load_str("[engine]\nload = \"dummy\"\n", Path::new("profile"), &set)?
+            // Limits as wide as the default grid (they also size the GPU's
+            // activation reserve).
+            let text = "[scheduler]\nmax_num_batched_tokens = 8448\nmax_num_seqs = 256\n[engine]\nload = \"dummy\"\n";
+            scenario::load_str(text, Path::new("profile"), &set)?
         }
     })
 }
@@ -61,20 +64,18 @@ fn commit() -> String {
     }
 }
 
-/// The device's name and, on NVIDIA GPUs, driver and clocks (nvidia-smi).
-fn device_meta(backend: BackendKind) -> Vec<(String, String)> {
+/// The host, and on NVIDIA GPUs the driver and clocks (nvidia-smi); the
+/// commit and date.
+fn host_meta(backend: BackendKind) -> Vec<(String, String)> {
     let mut meta = Vec::new();
-    match backend {
-        BackendKind::Cpu => {
-            let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
-                t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
-            });
-            let threads = std::thread::available_parallelism().map_or(0, |n| n.get());
-            meta.push(("device".into(), format!("{} ({threads} threads)", cpu.unwrap_or_else(|| "cpu".into()))));
-        }
-    }
+    let cpu = std::fs::read_to_string("/proc/cpuinfo").ok().and_then(|t| {
+        t.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
+    });
+    let threads = std::thread::available_parallelism().map_or(0, |n| n.get());
+    meta.push(("host_cpu".into(), format!("{} ({threads} threads)", cpu.unwrap_or_else(|| "unknown".into()))));
     let q = "name,driver_version,clocks.max.sm,clocks.max.mem,power.limit";
-    if let Some(o) = Command::new("nvidia-smi").args([&format!("--query-gpu={q}"), "--format=csv,noheader", "-i", "0"]).output().ok().filter(|o| o.status.success()) {
+    let smi = || Command::new("nvidia-smi").args([&format!("--query-gpu={q}"), "--format=csv,noheader", "-i", "0"]).output();
+    if let Some(o) = matches!(backend, BackendKind::Cuda).then(smi).and_then(Result::ok).filter(|o| o.status.success()) {
         meta.push(("nvidia_smi".into(), format!("{q} = {}", String::from_utf8_lossy(&o.stdout).trim())));
     }
     meta.push(("servetwin_version".into(), env!("CARGO_PKG_VERSION").into()));
@@ -89,7 +90,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         GridArg::Small => Grid::small(),
         GridArg::Default => Grid::gpu(),
     };
-    let meta = device_meta(a.backend);
+    let meta = host_meta(a.backend);
     let quiet = a.quiet;
     let report = |p: Progress<'_>| {
         if quiet {
@@ -113,11 +114,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let mut table = match a.backend {
         BackendKind::Cpu => profile::profile(CpuBackend, &loaded, &grid, meta, report)?,
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => profile::profile(servetwin_engine::backend::cuda::CudaBackend::new(0)?, &loaded, &grid, meta, report)?,
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => return Err(crate::engine::no_cuda().into()),
     };
     let dtype = table.meta("dtype").unwrap_or("unknown").to_string();
     let out = a.out.unwrap_or_else(|| {
         let dir = match a.backend {
             BackendKind::Cpu => "cpu".to_string(),
+            BackendKind::Cuda => loaded.scenario.hardware.gpu.clone(),
         };
         Path::new("sim/profiles").join(dir).join(format!("{}-{dtype}.csv", loaded.model.name))
     });

@@ -10,7 +10,7 @@
 
 use servetwin_sim::profile::{model_shape, Profile, ProfileRow, RowKind};
 use servetwin_sim::scenario::Loaded;
-use servetwin_sim::sched::Seq;
+use servetwin_sim::sched::{Limits, Seq};
 use servetwin_sim::step::{Executor, Step, StepOutcome};
 use servetwin_sim::workload::Request;
 
@@ -94,12 +94,21 @@ impl Grid {
     }
 }
 
-/// Why a grid point was not measured.
-fn unfit(row: &ProfileRow, max_model_len: u32, block_size: u32, blocks: u32) -> Option<String> {
+/// Why a grid point was not measured: it does not fit the scenario's
+/// limits (which also size the GPU's activation reserve) or the KV pool.
+fn unfit(row: &ProfileRow, limits: &Limits, block_size: u32, blocks: u32) -> Option<String> {
     if row.decode_context_tokens < row.decode_seqs as u64 {
         return Some("fewer context tokens than decoding sequences".into());
     }
     let seqs = row.seqs();
+    let tokens: u32 = seqs.iter().map(|s| s.0).sum();
+    if tokens > limits.max_num_batched_tokens {
+        return Some(format!("{tokens} tokens exceed scheduler.max_num_batched_tokens {}", limits.max_num_batched_tokens));
+    }
+    if seqs.len() as u32 > limits.max_num_seqs {
+        return Some(format!("{} sequences exceed scheduler.max_num_seqs {}", seqs.len(), limits.max_num_seqs));
+    }
+    let max_model_len = limits.max_model_len;
     if let Some(&(n, c)) = seqs.iter().find(|&&(n, c)| n + c > max_model_len) {
         return Some(format!("a sequence of {} tokens exceeds max_model_len {max_model_len}", n + c));
     }
@@ -131,7 +140,16 @@ pub fn profile<B: Backend>(
         _ => "unknown",
     };
     let clock = WallClock::default();
-    let mut exec = driver::build(backend, loaded, clock.clone())?;
+    let model = driver::load_model(&backend, loaded)?;
+    // A device with its own memory holds what is left after the weights
+    // (the most context the grid can reach), an override at most that.
+    let mut loaded = loaded.clone();
+    if let Some(fit) = driver::kv_blocks_that_fit(&backend, &loaded) {
+        loaded.kv_blocks_per_replica = loaded.scenario.scheduler.num_gpu_blocks_override.map_or(fit, |n| n.min(fit));
+    }
+    let device = backend.device_name();
+    let loaded = &loaded;
+    let mut exec = driver::executor(backend, model, loaded, clock.clone())?;
     let m = &loaded.model;
     let s = &loaded.scenario;
     let mut out = Profile {
@@ -141,6 +159,7 @@ pub fn profile<B: Backend>(
             ("model_shape".into(), model_shape(m)),
             ("dtype".into(), dtype.into()),
             ("backend".into(), backend_name.into()),
+            ("device".into(), device),
             ("hardware".into(), loaded.gpu.name.clone()),
             ("grid".into(), grid.name.into()),
             ("warmup".into(), grid.warmup.to_string()),
@@ -159,7 +178,7 @@ pub fn profile<B: Backend>(
     clock.start();
     for mut row in grid.rows() {
         let bs = s.scheduler.block_size_tokens;
-        if let Some(why) = unfit(&row, loaded.limits.max_model_len, bs, loaded.kv_blocks_per_replica) {
+        if let Some(why) = unfit(&row, &loaded.limits, bs, loaded.kv_blocks_per_replica) {
             progress(Progress::Skipped(&row, why));
             continue;
         }
@@ -224,11 +243,24 @@ mod tests {
     #[test]
     fn unfit_points_say_why() {
         let d = |b, k| ProfileRow::new(RowKind::Decode, (0, 0), (b, k));
-        assert!(unfit(&d(4, 2), 1024, 16, 100).unwrap().contains("fewer context"));
-        assert!(unfit(&d(1, 2000), 1024, 16, 1000).unwrap().contains("max_model_len"));
+        let limits = Limits {
+            max_num_seqs: 8,
+            max_num_batched_tokens: 512,
+            max_model_len: 1024,
+            watermark_blocks: 0,
+            queue_order: servetwin_sim::sched::QueueOrder::Fcfs,
+            conversations: false,
+            speculative_tokens: 0,
+            speculative_max_batch: u32::MAX,
+        };
+        assert!(unfit(&d(4, 2), &limits, 16, 100).unwrap().contains("fewer context"));
+        assert!(unfit(&d(1, 2000), &limits, 16, 1000).unwrap().contains("max_model_len"));
+        assert!(unfit(&d(16, 2000), &limits, 16, 1000).unwrap().contains("max_num_seqs 8"));
+        let p = ProfileRow::new(RowKind::Prefill, (600, 0), (0, 0));
+        assert!(unfit(&p, &limits, 16, 1000).unwrap().contains("max_num_batched_tokens 512"));
         // 4 × (256 + 1) tokens: 17 blocks each.
-        assert_eq!(unfit(&d(4, 1024), 1024, 16, 67).unwrap(), "needs 68 KV blocks, the pool has 67");
-        assert_eq!(unfit(&d(4, 1024), 1024, 16, 68), None);
+        assert_eq!(unfit(&d(4, 1024), &limits, 16, 67).unwrap(), "needs 68 KV blocks, the pool has 67");
+        assert_eq!(unfit(&d(4, 1024), &limits, 16, 68), None);
     }
 
     #[test]
