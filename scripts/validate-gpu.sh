@@ -40,12 +40,16 @@ GRID=${GRID:-default}
 SCENARIOS=${SCENARIOS:-scenarios/validation/*.toml}
 
 [ -x "$BIN" ] || { echo "error: $BIN not built (cargo build --release --features cuda)" >&2; exit 2; }
-if [ -n "$(git status --porcelain --untracked-files=no)" ] && [ "${ALLOW_DIRTY:-0}" != 1 ]; then
-    echo "error: uncommitted changes; the runs must come from a stated commit (ALLOW_DIRTY=1 to override)" >&2
-    exit 2
+# A copy of the tree without .git (the GPU machine's) names its commit in
+# SERVETWIN_COMMIT; a checkout is asked.
+if [ -z "${SERVETWIN_COMMIT:-}" ]; then
+    if [ -n "$(git status --porcelain --untracked-files=no)" ] && [ "${ALLOW_DIRTY:-0}" != 1 ]; then
+        echo "error: uncommitted changes; the runs must come from a stated commit (ALLOW_DIRTY=1 to override)" >&2
+        exit 2
+    fi
+    commit=$(git rev-parse HEAD)
+    export SERVETWIN_COMMIT=$commit$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo -dirty || true)
 fi
-commit=$(git rev-parse HEAD)
-export SERVETWIN_COMMIT=$commit$([ -n "$(git status --porcelain --untracked-files=no)" ] && echo -dirty || true)
 
 gpu_meta() {
     echo "commit: $SERVETWIN_COMMIT"
