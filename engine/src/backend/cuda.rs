@@ -204,7 +204,11 @@ impl Backend for CudaBackend {
 
     fn linear(&self, x: &GpuTensor, w: &GpuTensor) -> Result<GpuTensor> {
         let mut y = self.alloc(x.rows * w.rows)?;
-        self.gpu.gemm::<bf16>(&x.buf, &w.buf, &mut y, x.rows, x.cols, w.rows).map_err(err)?;
+        // No rows: a step of prefill chunks none of which samples yet has no
+        // logits to compute.
+        if x.rows > 0 {
+            self.gpu.gemm::<bf16>(&x.buf, &w.buf, &mut y, x.rows, x.cols, w.rows).map_err(err)?;
+        }
         Ok(GpuTensor { buf: y, rows: x.rows, cols: w.rows })
     }
 
