@@ -655,6 +655,7 @@ mod tests {
         allreduce_latency_us: 10.0,
         dequant_overhead: 0.15,
         moe_imbalance: 1.0,
+        profile: None,
     };
 
     #[test]

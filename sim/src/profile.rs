@@ -382,7 +382,8 @@ pub struct Coverage {
 pub struct ProfiledCost {
     prefill: Surface,
     decode: Surface,
-    roofline: Roofline,
+    /// Boxed so that the two cost models an enum holds are of a size.
+    roofline: Box<Roofline>,
     coverage: Coverage,
     inside: Cell<u64>,
     outside: Cell<u64>,
@@ -411,7 +412,7 @@ impl ProfiledCost {
         Ok(ProfiledCost {
             prefill,
             decode,
-            roofline: Roofline::new(model, gpu, &fit.spec),
+            roofline: Box::new(Roofline::new(model, gpu, &fit.spec)),
             coverage,
             inside: Cell::new(0),
             outside: Cell::new(0),
@@ -465,8 +466,7 @@ impl CostModel for ProfiledCost {
 #[derive(Debug, Clone)]
 pub enum ScenarioCost {
     Roofline(Roofline),
-    /// Boxed: its surfaces make it three times the roofline's size.
-    Profiled(Box<ProfiledCost>),
+    Profiled(ProfiledCost),
 }
 
 impl CostModel for ScenarioCost {
@@ -500,7 +500,7 @@ impl crate::scenario::Loaded {
                     return Err(ProfileError { path: path.clone(), line: None, msg });
                 }
                 let profile = Profile::read(path)?;
-                Ok(ScenarioCost::Profiled(Box::new(ProfiledCost::new(&profile, &self.model, &self.gpu, c)?)))
+                Ok(ScenarioCost::Profiled(ProfiledCost::new(&profile, &self.model, &self.gpu, c)?))
             }
             _ => Ok(ScenarioCost::Roofline(self.roofline())),
         }
