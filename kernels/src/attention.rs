@@ -272,7 +272,7 @@ mod tests {
         for keys in [1, 63, 64, 65, 1000, 4097, 100_000] {
             for seqs in [1, 7, 256] {
                 let p = decode_partition_keys(keys, seqs, 8, 132);
-                assert!(p % 32 == 0 && p >= 32, "{keys} keys, {seqs} seqs: {p}");
+                assert!(p.is_multiple_of(32) && p >= 32, "{keys} keys, {seqs} seqs: {p}");
                 assert!(p >= 64 || p >= keys, "{keys} keys, {seqs} seqs: {p} under the minimum");
                 let parts = keys.div_ceil(p);
                 assert!(parts * p >= keys && (parts - 1) * p < keys, "{keys} keys, {seqs} seqs: {p}");
