@@ -4,25 +4,37 @@
 // once and serves all G query heads of the kv head's group (GQA).
 //
 // Lanes split a key row into 16-byte pieces (hd/8 lanes per key, so one
-// load instruction covers 2 keys at hd 128 and 4 at hd 64). A warp takes
-// tiles of KPW*U consecutive keys: it issues all U K loads and U V loads of
-// the tile before using any (16 x 16 bytes in flight per lane at G <= 4),
-// then folds the tile into a per-lane online softmax (running max m, sum l
-// and accumulator acc per head, base-2 exponent: q carries log2(e)/sqrt(hd)).
-// Lanes holding the same key slot agree on m and l, so no cross-lane traffic
-// is needed until the end, where key slots and then warps are merged.
+// copy instruction covers 2 keys at hd 128 and 4 at hd 64). A warp takes
+// tiles of KPW*U consecutive keys and streams them through its own ring of
+// DEC_STAGES shared-memory stages with cp.async: each lane copies, and later
+// reads back, only its own 16-byte pieces, so the ring needs no barrier and
+// DEC_STAGES - 1 tiles of K and V (16 KB at hd 128, G <= 4) are in flight
+// per warp while it computes on the current one. Each tile folds into a
+// per-lane online softmax (running max m, sum l and accumulator acc per
+// head, base-2 exponent: q carries log2(e)/sqrt(hd)). Lanes holding the
+// same key slot agree on m and l, so no cross-lane traffic is needed until
+// the end, where key slots and then warps are merged.
 // One partition: out = acc / l directly. Several: the partials (acc, m, l)
 // go to a workspace and decode_combine merges them.
 
 #define DEC_WARPS 4
+#define DEC_STAGES 3
 
-// 16-byte streaming load: read once, not kept in L1.
-__device__ __forceinline__ uint4 ld_stream16(const void* p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
+// 16-byte async copy to shared memory, bypassing L1; `valid == false`
+// writes zeros and reads nothing. The memory clobbers keep the compiler
+// from moving this thread's shared-memory reads of the ring across it.
+__device__ __forceinline__ void dec_cp_async16(unsigned dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void dec_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void dec_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ unsigned smem_u32_dec(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
 }
 
 // exp2 of a - b where b may be -inf only if a is too (then 0, not NaN).
@@ -49,9 +61,11 @@ __device__ void decode_attn_impl(const bf16* __restrict__ q_base, int q_stride, 
     const int t = cu_q[s];
     const int nq = nkv * G;
 
-    extern __shared__ float smem[];
-    float* red_acc = smem;                           // [DEC_WARPS][G][HD]
-    float* red_ml = smem + DEC_WARPS * G * HD;       // [DEC_WARPS][G][2]
+    extern __shared__ __align__(16) float smem[];
+    float* red_acc = smem;                      // [DEC_WARPS][G][HD]
+    float* red_ml = smem + DEC_WARPS * G * HD;  // [DEC_WARPS][G][2]
+    // [DEC_WARPS][DEC_STAGES][K, V][U][32 lanes] 16-byte pieces.
+    uint4* ring = reinterpret_cast<uint4*>(smem + DEC_WARPS * G * (HD + 2));
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / LPK, d8 = lane % LPK;
@@ -77,19 +91,42 @@ __device__ void decode_attn_impl(const bf16* __restrict__ q_base, int q_stride, 
         for (int e = 0; e < 8; ++e) acc[j][e] = 0.f;
     }
 
-    for (int base = warp * TILE; base < n; base += DEC_WARPS * TILE) {
-        uint4 kr[U], vr[U];
+    uint4* my_ring = ring + warp * DEC_STAGES * 2 * U * 32 + lane;
+    const int n_tiles = (n - warp * TILE + DEC_WARPS * TILE - 1) / (DEC_WARPS * TILE);  // may be <= 0
+    auto issue = [&](int it) {
+        const int base = (warp + it * DEC_WARPS) * TILE;
+        uint4* st = my_ring + (it % DEC_STAGES) * 2 * U * 32;
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             const int i = base + u * KPW + sub;
-            kr[u] = vr[u] = make_uint4(0, 0, 0, 0);
+            i64 off = 0;
             if (i < n) {
                 const int k = k_begin + i;
                 const int bi = bs_shift >= 0 ? k >> bs_shift : k / block_size;
-                const i64 off = (i64)bt[bi] * block_stride + (i64)(k - bi * block_size) * HD;
-                kr[u] = ld_stream16(kh + off);
-                vr[u] = ld_stream16(vh + off);
+                off = (i64)bt[bi] * block_stride + (i64)(k - bi * block_size) * HD;
             }
+            dec_cp_async16(smem_u32_dec(st + u * 32), kh + off, i < n);
+            dec_cp_async16(smem_u32_dec(st + (U + u) * 32), vh + off, i < n);
+        }
+    };
+#pragma unroll
+    for (int it = 0; it < DEC_STAGES - 1; ++it) {
+        if (it < n_tiles) issue(it);
+        dec_cp_async_commit();
+    }
+    for (int it = 0; it < n_tiles; ++it) {
+        // Refills the stage read in iteration it - 1 (this thread's own
+        // pieces, already in registers).
+        if (it + DEC_STAGES - 1 < n_tiles) issue(it + DEC_STAGES - 1);
+        dec_cp_async_commit();
+        dec_cp_async_wait<DEC_STAGES - 1>();
+        const int base = (warp + it * DEC_WARPS) * TILE;
+        const uint4* st = my_ring + (it % DEC_STAGES) * 2 * U * 32;
+        uint4 kr[U], vr[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            kr[u] = st[u * 32];
+            vr[u] = st[(U + u) * 32];
         }
         float p[U][G];
 #pragma unroll

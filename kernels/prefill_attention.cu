@@ -8,7 +8,9 @@
 // 4 warps x 32 rows (two m16 tiles share each K/V fragment); key tiles of 64 read from the paged cache with
 // cp.async into a double-buffered, XOR-swizzled shared-memory ring.
 // Token j of sequence s (position ctx + j) sees keys 0..=ctx + j.
-// Grid (tile, sequence, kv head); tiles run last-first (they hold the most keys).
+// Grid (kv head, sequence, tile), tiles last-first: blocks start in grid
+// order (x fastest), so every head's and sequence's longest tiles (they hold
+// the most keys) start first and the short ones fill in behind them.
 
 #define PF_WARPS 4
 
@@ -68,9 +70,9 @@ __device__ void prefill_attn_impl(const bf16* __restrict__ q_base, int q_stride,
     constexpr int BM = PF_WARPS * 16 * MT;
     constexpr int TOK = BM / G;        // tokens per tile
     constexpr int CH = HD / 8;         // 16-byte chunks per row
-    const int s = blockIdx.y, g = blockIdx.z;
+    const int s = blockIdx.y, g = blockIdx.x;
     const int q0 = cu_q[s], qn = cu_q[s + 1] - q0;
-    const int t0 = (gridDim.x - 1 - blockIdx.x) * TOK;
+    const int t0 = (gridDim.z - 1 - blockIdx.z) * TOK;
     if (t0 >= qn) return;
     const int ctx = ctx_len[s];
     const int t_end = min(t0 + TOK, qn);

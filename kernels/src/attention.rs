@@ -15,6 +15,15 @@ use crate::shape::AttnShape;
 
 const DECODE_THREADS: u32 = 128;
 const DECODE_WARPS: usize = 4;
+/// Stages of each warp's cp.async ring (DEC_STAGES in decode_attention.cu).
+const DECODE_STAGES: usize = 3;
+
+/// Keys per lane per tile of the decode kernel for group `g` (U in
+/// decode_attention.cu: fewer for 8 heads, whose accumulators need the
+/// registers).
+fn decode_keys_per_lane(g: usize) -> usize {
+    if g <= 4 { 8 } else { 4 }
+}
 const PREFILL_THREADS: u32 = 128;
 /// Query rows per warp-level m16 tile, warps per block, keys per tile
 /// (see prefill_attention.cu).
@@ -135,8 +144,9 @@ impl Gpu {
         let max_parts = meta.max_keys.div_ceil(part);
         let slots = meta.num_seqs * shape.num_q_heads * max_parts;
         let scratch_len = if max_parts > 1 { slots * (hd + 2) } else { 1 };
-        // Per warp: an accumulator row and (m, l) per head of the group.
-        let smem_floats = DECODE_WARPS * g * (hd + 2);
+        // Per warp: an accumulator row and (m, l) per head of the group,
+        // then its ring of K and V pieces (16 bytes per lane per key slot).
+        let smem = (DECODE_WARPS * g * (hd + 2) * 4 + DECODE_WARPS * DECODE_STAGES * 2 * decode_keys_per_lane(g) * 32 * 16) as u32;
         // exp2 in the kernel: fold log2(e) into the softmax scale.
         let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
         let (q_stride, out_stride) = (i32_of(shape.qkv_width())?, i32_of(shape.out_width())?);
@@ -148,6 +158,7 @@ impl Gpu {
             let (ws_acc, _) = rd(&self.stream, ws);
             let ws_ml = ws_acc + (slots * hd * 4) as u64;
             let f = self.function(&format!("decode_attn_hd{hd}_g{g}"))?;
+            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
             let mut b = self.stream.launch_builder(f);
             b.arg(&p.q).arg(&q_stride).arg(&p.k).arg(&p.v).arg(&m.cu_q).arg(&m.ctx_len);
             b.arg(&m.block_tables).arg(&max_blocks).arg(&nkv).arg(&bs).arg(&bs_shift).arg(&part_i);
@@ -155,7 +166,7 @@ impl Gpu {
             let cfg = LaunchConfig {
                 grid_dim: (shape.num_kv_heads as u32, meta.num_seqs as u32, max_parts as u32),
                 block_dim: (DECODE_THREADS, 1, 1),
-                shared_mem_bytes: (smem_floats * 4) as u32,
+                shared_mem_bytes: smem,
             };
             // SAFETY: arguments match decode_attn_impl; buffers checked in
             // attn_ptrs; the workspace holds `slots` partials.
@@ -245,7 +256,7 @@ impl Gpu {
         b.arg(&m.block_tables).arg(&max_blocks).arg(&nkv).arg(&bs).arg(&bs_shift).arg(&scale_log2);
         b.arg(&p.out).arg(&out_stride);
         let cfg = LaunchConfig {
-            grid_dim: (tiles as u32, meta.num_seqs as u32, shape.num_kv_heads as u32),
+            grid_dim: (shape.num_kv_heads as u32, meta.num_seqs as u32, tiles as u32),
             block_dim: (PREFILL_THREADS, 1, 1),
             shared_mem_bytes: smem,
         };
