@@ -5,8 +5,9 @@
 // A block owns 128 query rows of one kv head; row r is (token t0 + r / G,
 // query head g*G + r % G), so the G heads of a GQA group share each K/V tile
 // and short chunks (1-8 tokens of speculative verify) still fill the rows.
-// 4 warps x 32 rows (two m16 tiles share each K/V fragment); key tiles of 64 read from the paged cache with
-// cp.async into a double-buffered, XOR-swizzled shared-memory ring.
+// 4 warps x 32 rows (two m16 tiles share each K/V fragment); key tiles of
+// BN read from the paged cache with cp.async into an ST-stage, XOR-swizzled
+// shared-memory ring, one barrier per tile.
 // Token j of sequence s (position ctx + j) sees keys 0..=ctx + j.
 // Grid (kv head, sequence, tile), tiles last-first: blocks start in grid
 // order (x fastest), so every head's and sequence's longest tiles (they hold

@@ -44,7 +44,7 @@ struct PrefillTiling {
 /// (`decode_combine`) and a round trip of every partial through the
 /// workspace; on the H100 that cost more than it won whenever
 /// `sequences × kv heads` already filled the SMs (batch 32 × 1025 keys:
-/// 63 µs whole, 75–89 µs in parts of 64–512 keys; BENCH.md). So contexts
+/// 60 µs whole, 67–107 µs in parts of 512–64 keys; BENCH.md). So contexts
 /// are split only when there are fewer (sequence, kv head) blocks than SMs,
 /// then into about eight blocks per SM, no partition under 64 keys (each
 /// block must amortise its setup); partitions are balanced, rounded up to
