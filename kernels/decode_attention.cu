@@ -1,28 +1,57 @@
-// Paged decode attention (one new token per sequence), flash-decoding style.
-// Grid (kv head, sequence, context partition); 4 warps per block. One block
-// reads each K/V row of its partition once and serves all G query heads of
-// the kv head's group (GQA). Lanes split a key row into 16-byte pieces
-// (hd/8 lanes per key, so a warp covers 2 keys at hd 128 and 4 at hd 64),
-// with U keys per lane in flight.
-//   phase 1: scores[g][i] = q_g . k_i * scale into shared memory
-//   phase 2: per head max m and sum l of exp(score - m)
-//   phase 3: acc_g = sum_i exp(score - m) v_i, reduced over warps
+// Paged decode attention (one new token per sequence), flash-decoding style,
+// one pass over the cache. Grid (kv head, sequence, context partition);
+// DEC_WARPS warps per block. A block reads each K/V row of its partition
+// once and serves all G query heads of the kv head's group (GQA).
+//
+// Lanes split a key row into 16-byte pieces (hd/8 lanes per key, so one
+// copy instruction covers 2 keys at hd 128 and 4 at hd 64). A warp takes
+// tiles of KPW*U consecutive keys and streams them through its own ring of
+// DEC_STAGES shared-memory stages with cp.async: each lane copies, and later
+// reads back, only its own 16-byte pieces, so the ring needs no barrier and
+// DEC_STAGES - 1 tiles of K and V (16 KB at hd 128, G <= 4) are in flight
+// per warp while it computes on the current one. Each tile folds into a
+// per-lane online softmax (running max m, sum l and accumulator acc per
+// head, base-2 exponent: q carries log2(e)/sqrt(hd)). Lanes holding the
+// same key slot agree on m and l, so no cross-lane traffic is needed until
+// the end, where key slots and then warps are merged.
 // One partition: out = acc / l directly. Several: the partials (acc, m, l)
 // go to a workspace and decode_combine merges them.
 
 #define DEC_WARPS 4
-#define DEC_UNROLL 8
+#define DEC_STAGES 3
 
-template <int HD, int G>
+// 16-byte async copy to shared memory, bypassing L1; `valid == false`
+// writes zeros and reads nothing. The memory clobbers keep the compiler
+// from moving this thread's shared-memory reads of the ring across it.
+__device__ __forceinline__ void dec_cp_async16(unsigned dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0)
+                 : "memory");
+}
+__device__ __forceinline__ void dec_cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void dec_cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+__device__ __forceinline__ unsigned smem_u32_dec(const void* p) {
+    return static_cast<unsigned>(__cvta_generic_to_shared(p));
+}
+
+// exp2 of a - b where b may be -inf only if a is too (then 0, not NaN).
+__device__ __forceinline__ float exp2_diff(float a, float b) {
+    return exp2f(a - (b == NEG_INF ? 0.f : b));
+}
+
+template <int HD, int G, int U>
 __device__ void decode_attn_impl(const bf16* __restrict__ q_base, int q_stride, const bf16* __restrict__ k_cache,
                                  const bf16* __restrict__ v_cache, const int* __restrict__ cu_q,
                                  const int* __restrict__ ctx_len, const int* __restrict__ block_tables,
-                                 int max_blocks, int nkv, int block_size, int part_size, int max_parts, float scale,
-                                 bf16* __restrict__ out, int out_stride, float* __restrict__ ws_acc,
-                                 float* __restrict__ ws_ml) {
+                                 int max_blocks, int nkv, int block_size, int bs_shift, int part_size,
+                                 int max_parts, float scale_log2, bf16* __restrict__ out, int out_stride,
+                                 float* __restrict__ ws_acc, float* __restrict__ ws_ml) {
     constexpr int LPK = HD / 8;    // lanes per key row
-    constexpr int KPW = 32 / LPK;  // keys per warp step
-    constexpr int STEP = DEC_WARPS * KPW;
+    constexpr int KPW = 32 / LPK;  // keys per load instruction of a warp
+    constexpr int TILE = KPW * U;  // keys per warp tile
     const int g = blockIdx.x, s = blockIdx.y, part = blockIdx.z;
     const int n_keys = ctx_len[s] + 1;
     const int k_begin = part * part_size;
@@ -32,9 +61,11 @@ __device__ void decode_attn_impl(const bf16* __restrict__ q_base, int q_stride, 
     const int t = cu_q[s];
     const int nq = nkv * G;
 
-    extern __shared__ float smem[];
-    float* scores = smem;  // [G][part_size], reused for the cross-warp sum
-    __shared__ float sm_m[G], sm_l[G];
+    extern __shared__ __align__(16) float smem[];
+    float* red_acc = smem;                      // [DEC_WARPS][G][HD]
+    float* red_ml = smem + DEC_WARPS * G * HD;  // [DEC_WARPS][G][2]
+    // [DEC_WARPS][DEC_STAGES][K, V][U][32 lanes] 16-byte pieces.
+    uint4* ring = reinterpret_cast<uint4*>(smem + DEC_WARPS * G * (HD + 2));
 
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / LPK, d8 = lane % LPK;
@@ -49,152 +80,173 @@ __device__ void decode_attn_impl(const bf16* __restrict__ q_base, int q_stride, 
     for (int j = 0; j < G; ++j) {
         unpack8(*reinterpret_cast<const uint4*>(q_base + (i64)t * q_stride + (g * G + j) * HD + d8 * 8), q[j]);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) q[j][e] *= scale;
+        for (int e = 0; e < 8; ++e) q[j][e] *= scale_log2;
     }
-
-    // Phase 1: scores.
-    for (int base = warp * KPW; base < n; base += STEP * DEC_UNROLL) {
-        uint4 kv[DEC_UNROLL];
+    float m[G], l[G], acc[G][8];
 #pragma unroll
-        for (int u = 0; u < DEC_UNROLL; ++u) {
-            const int i = base + u * STEP + sub;
-            kv[u] = make_uint4(0, 0, 0, 0);
-            if (i < n) {
-                const int k = k_begin + i;
-                const i64 blk = bt[k / block_size];
-                kv[u] = *reinterpret_cast<const uint4*>(kh + blk * block_stride + (k % block_size) * HD);
-            }
-        }
-#pragma unroll
-        for (int u = 0; u < DEC_UNROLL; ++u) {
-            const int i = base + u * STEP + sub;
-            float kf[8];
-            unpack8(kv[u], kf);
-            float dot[G];
-#pragma unroll
-            for (int j = 0; j < G; ++j) {
-                dot[j] = 0.f;
-#pragma unroll
-                for (int e = 0; e < 8; ++e) dot[j] += q[j][e] * kf[e];
-#pragma unroll
-                for (int o = LPK / 2; o > 0; o >>= 1) dot[j] += __shfl_xor_sync(0xffffffffu, dot[j], o);
-            }
-            if (d8 == 0 && i < n) {
-#pragma unroll
-                for (int j = 0; j < G; ++j) scores[j * part_size + i] = dot[j];
-            }
-        }
-    }
-    __syncthreads();
-
-    // Phase 2: softmax statistics, one warp per head.
-    for (int j = warp; j < G; j += DEC_WARPS) {
-        float* sj = scores + j * part_size;
-        float m = NEG_INF;
-        for (int i = lane; i < n; i += 32) m = fmaxf(m, sj[i]);
-        m = warp_max(m);
-        float l = 0.f;
-        for (int i = lane; i < n; i += 32) {
-            const float e = __expf(sj[i] - m);
-            sj[i] = e;
-            l += e;
-        }
-        l = warp_sum(l);
-        if (lane == 0) {
-            sm_m[j] = m;
-            sm_l[j] = l;
-        }
-    }
-    __syncthreads();
-
-    // Phase 3: probabilities times values.
-    float acc[G][8];
-#pragma unroll
-    for (int j = 0; j < G; ++j)
+    for (int j = 0; j < G; ++j) {
+        m[j] = NEG_INF;
+        l[j] = 0.f;
 #pragma unroll
         for (int e = 0; e < 8; ++e) acc[j][e] = 0.f;
-    for (int base = warp * KPW; base < n; base += STEP * DEC_UNROLL) {
-        uint4 vv[DEC_UNROLL];
+    }
+
+    uint4* my_ring = ring + warp * DEC_STAGES * 2 * U * 32 + lane;
+    const int n_tiles = (n - warp * TILE + DEC_WARPS * TILE - 1) / (DEC_WARPS * TILE);  // may be <= 0
+    auto issue = [&](int it) {
+        const int base = (warp + it * DEC_WARPS) * TILE;
+        uint4* st = my_ring + (it % DEC_STAGES) * 2 * U * 32;
 #pragma unroll
-        for (int u = 0; u < DEC_UNROLL; ++u) {
-            const int i = base + u * STEP + sub;
-            vv[u] = make_uint4(0, 0, 0, 0);
+        for (int u = 0; u < U; ++u) {
+            const int i = base + u * KPW + sub;
+            i64 off = 0;
             if (i < n) {
                 const int k = k_begin + i;
-                const i64 blk = bt[k / block_size];
-                vv[u] = *reinterpret_cast<const uint4*>(vh + blk * block_stride + (k % block_size) * HD);
+                const int bi = bs_shift >= 0 ? k >> bs_shift : k / block_size;
+                off = (i64)bt[bi] * block_stride + (i64)(k - bi * block_size) * HD;
+            }
+            dec_cp_async16(smem_u32_dec(st + u * 32), kh + off, i < n);
+            dec_cp_async16(smem_u32_dec(st + (U + u) * 32), vh + off, i < n);
+        }
+    };
+#pragma unroll
+    for (int it = 0; it < DEC_STAGES - 1; ++it) {
+        if (it < n_tiles) issue(it);
+        dec_cp_async_commit();
+    }
+    for (int it = 0; it < n_tiles; ++it) {
+        // Refills the stage read in iteration it - 1 (this thread's own
+        // pieces, already in registers).
+        if (it + DEC_STAGES - 1 < n_tiles) issue(it + DEC_STAGES - 1);
+        dec_cp_async_commit();
+        dec_cp_async_wait<DEC_STAGES - 1>();
+        const int base = (warp + it * DEC_WARPS) * TILE;
+        const uint4* st = my_ring + (it % DEC_STAGES) * 2 * U * 32;
+        uint4 kr[U], vr[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            kr[u] = st[u * 32];
+            vr[u] = st[(U + u) * 32];
+        }
+        float p[U][G];
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            float kf[8];
+            unpack8(kr[u], kf);
+#pragma unroll
+            for (int j = 0; j < G; ++j) {
+                float d = 0.f;
+#pragma unroll
+                for (int e = 0; e < 8; ++e) d = fmaf(q[j][e], kf[e], d);
+#pragma unroll
+                for (int o = LPK / 2; o > 0; o >>= 1) d += __shfl_xor_sync(0xffffffffu, d, o);
+                p[u][j] = base + u * KPW + sub < n ? d : NEG_INF;
             }
         }
 #pragma unroll
-        for (int u = 0; u < DEC_UNROLL; ++u) {
-            const int i = base + u * STEP + sub;
-            if (i < n) {
-                float vf[8];
-                unpack8(vv[u], vf);
+        for (int j = 0; j < G; ++j) {
+            float mx = m[j];
 #pragma unroll
-                for (int j = 0; j < G; ++j) {
-                    const float p = scores[j * part_size + i];
+            for (int u = 0; u < U; ++u) mx = fmaxf(mx, p[u][j]);
+            const float alpha = exp2_diff(m[j], mx);
+            m[j] = mx;
+            float sum = 0.f;
 #pragma unroll
-                    for (int e = 0; e < 8; ++e) acc[j][e] += p * vf[e];
-                }
+            for (int u = 0; u < U; ++u) {
+                p[u][j] = exp2_diff(p[u][j], mx);
+                sum += p[u][j];
             }
+            l[j] = l[j] * alpha + sum;
+#pragma unroll
+            for (int e = 0; e < 8; ++e) acc[j][e] *= alpha;
+        }
+#pragma unroll
+        for (int u = 0; u < U; ++u) {
+            float vf[8];
+            unpack8(vr[u], vf);
+#pragma unroll
+            for (int j = 0; j < G; ++j)
+#pragma unroll
+                for (int e = 0; e < 8; ++e) acc[j][e] = fmaf(p[u][j], vf[e], acc[j][e]);
         }
     }
-    // Sum the key slots of the warp (lanes that share d8).
+
+    // Merge the key slots of the warp (lanes that share d8).
 #pragma unroll
-    for (int o = LPK; o < 32; o <<= 1)
+    for (int o = LPK; o < 32; o <<= 1) {
 #pragma unroll
-        for (int j = 0; j < G; ++j)
+        for (int j = 0; j < G; ++j) {
+            const float mo = __shfl_xor_sync(0xffffffffu, m[j], o);
+            const float lo = __shfl_xor_sync(0xffffffffu, l[j], o);
+            const float mn = fmaxf(m[j], mo);
+            const float a = exp2_diff(m[j], mn), b = exp2_diff(mo, mn);
+            l[j] = l[j] * a + lo * b;
+            m[j] = mn;
 #pragma unroll
-            for (int e = 0; e < 8; ++e) acc[j][e] += __shfl_xor_sync(0xffffffffu, acc[j][e], o);
-    __syncthreads();  // scores no longer read: reuse them for the warp partials
-    float* red = smem;  // [DEC_WARPS][G][HD]
+            for (int e = 0; e < 8; ++e) acc[j][e] = acc[j][e] * a + __shfl_xor_sync(0xffffffffu, acc[j][e], o) * b;
+        }
+    }
     if (sub == 0) {
 #pragma unroll
-        for (int j = 0; j < G; ++j)
+        for (int j = 0; j < G; ++j) {
 #pragma unroll
-            for (int e = 0; e < 8; ++e) red[(warp * G + j) * HD + d8 * 8 + e] = acc[j][e];
+            for (int e = 0; e < 8; ++e) red_acc[(warp * G + j) * HD + d8 * 8 + e] = acc[j][e];
+            if (d8 == 0) {
+                red_ml[(warp * G + j) * 2] = m[j];
+                red_ml[(warp * G + j) * 2 + 1] = l[j];
+            }
+        }
     }
     __syncthreads();
+    // Merge the warps. Warp 0 saw key 0 of the partition, so M is finite.
     for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
-        float v = 0.f;
-#pragma unroll
-        for (int w = 0; w < DEC_WARPS; ++w) v += red[w * G * HD + idx];
         const int j = idx / HD, d = idx % HD;
+        float M = NEG_INF;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; ++w) M = fmaxf(M, red_ml[(w * G + j) * 2]);
+        float L = 0.f, v = 0.f;
+#pragma unroll
+        for (int w = 0; w < DEC_WARPS; ++w) {
+            const float a = exp2f(red_ml[(w * G + j) * 2] - M);
+            L += red_ml[(w * G + j) * 2 + 1] * a;
+            v += red_acc[(w * G + j) * HD + d] * a;
+        }
         const int h = g * G + j;
         if (num_parts == 1) {
-            out[(i64)t * out_stride + h * HD + d] = __float2bfloat16_rn(v / sm_l[j]);
+            out[(i64)t * out_stride + h * HD + d] = __float2bfloat16_rn(v / L);
         } else {
             const i64 slot = ((i64)s * nq + h) * max_parts + part;
             ws_acc[slot * HD + d] = v;
             if (d == 0) {
-                ws_ml[slot * 2] = sm_m[j];
-                ws_ml[slot * 2 + 1] = sm_l[j];
+                ws_ml[slot * 2] = M;
+                ws_ml[slot * 2 + 1] = L;
             }
         }
     }
 }
 
-#define DECODE_KERNEL(HD, G)                                                                                         \
+// U = keys per lane in flight: 8 for up to 4 heads, 4 for 8 (registers).
+#define DECODE_KERNEL(HD, G, U)                                                                                     \
     extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attn_hd##HD##_g##G(                        \
         const bf16* q, int q_stride, const bf16* k_cache, const bf16* v_cache, const int* cu_q, const int* ctx_len, \
-        const int* block_tables, int max_blocks, int nkv, int block_size, int part_size, int max_parts,            \
-        float scale, bf16* out, int out_stride, float* ws_acc, float* ws_ml) {                                     \
-        decode_attn_impl<HD, G>(q, q_stride, k_cache, v_cache, cu_q, ctx_len, block_tables, max_blocks, nkv,       \
-                                block_size, part_size, max_parts, scale, out, out_stride, ws_acc, ws_ml);         \
+        const int* block_tables, int max_blocks, int nkv, int block_size, int bs_shift, int part_size,             \
+        int max_parts, float scale_log2, bf16* out, int out_stride, float* ws_acc, float* ws_ml) {                 \
+        decode_attn_impl<HD, G, U>(q, q_stride, k_cache, v_cache, cu_q, ctx_len, block_tables, max_blocks, nkv,    \
+                                   block_size, bs_shift, part_size, max_parts, scale_log2, out, out_stride, ws_acc, \
+                                   ws_ml);                                                                          \
     }
 
-DECODE_KERNEL(64, 1)
-DECODE_KERNEL(64, 2)
-DECODE_KERNEL(64, 4)
-DECODE_KERNEL(64, 8)
-DECODE_KERNEL(128, 1)
-DECODE_KERNEL(128, 2)
-DECODE_KERNEL(128, 4)
-DECODE_KERNEL(128, 8)
+DECODE_KERNEL(64, 1, 8)
+DECODE_KERNEL(64, 2, 8)
+DECODE_KERNEL(64, 4, 8)
+DECODE_KERNEL(64, 8, 4)
+DECODE_KERNEL(128, 1, 8)
+DECODE_KERNEL(128, 2, 8)
+DECODE_KERNEL(128, 4, 8)
+DECODE_KERNEL(128, 8, 4)
 
-// Merges the partitions of each (sequence, head): out = sum_p acc_p e^(m_p - M)
-// / sum_p l_p e^(m_p - M). Grid (head, sequence), one thread per dimension.
+// Merges the partitions of each (sequence, head): out = sum_p acc_p 2^(m_p - M)
+// / sum_p l_p 2^(m_p - M). Grid (head, sequence), one thread per dimension.
 extern "C" __global__ void decode_combine(const float* __restrict__ ws_acc, const float* __restrict__ ws_ml,
                                           const int* __restrict__ cu_q, const int* __restrict__ ctx_len, int nq,
                                           int hd, int part_size, int max_parts, bf16* __restrict__ out,
@@ -207,11 +259,11 @@ extern "C" __global__ void decode_combine(const float* __restrict__ ws_acc, cons
     float M = NEG_INF;
     for (int p = 0; p < num_parts; ++p) M = fmaxf(M, ml[2 * p]);
     float L = 0.f;
-    for (int p = 0; p < num_parts; ++p) L += ml[2 * p + 1] * __expf(ml[2 * p] - M);
+    for (int p = 0; p < num_parts; ++p) L += ml[2 * p + 1] * exp2f(ml[2 * p] - M);
     const float inv_l = 1.f / L;
     for (int d = threadIdx.x; d < hd; d += blockDim.x) {
         float v = 0.f;
-        for (int p = 0; p < num_parts; ++p) v += ws_acc[(base + p) * hd + d] * __expf(ml[2 * p] - M);
+        for (int p = 0; p < num_parts; ++p) v += ws_acc[(base + p) * hd + d] * exp2f(ml[2 * p] - M);
         out[(i64)cu_q[s] * out_stride + h * hd + d] = __float2bfloat16_rn(v * inv_l);
     }
 }

@@ -5,13 +5,15 @@
 // A block owns 128 query rows of one kv head; row r is (token t0 + r / G,
 // query head g*G + r % G), so the G heads of a GQA group share each K/V tile
 // and short chunks (1-8 tokens of speculative verify) still fill the rows.
-// 4 warps x 32 rows (two m16 tiles share each K/V fragment); key tiles of 64 read from the paged cache with
-// cp.async into a double-buffered, XOR-swizzled shared-memory ring.
+// 4 warps x 32 rows (two m16 tiles share each K/V fragment); key tiles of
+// BN read from the paged cache with cp.async into an ST-stage, XOR-swizzled
+// shared-memory ring, one barrier per tile.
 // Token j of sequence s (position ctx + j) sees keys 0..=ctx + j.
-// Grid (tile, sequence, kv head); tiles run last-first (they hold the most keys).
+// Grid (kv head, sequence, tile), tiles last-first: blocks start in grid
+// order (x fastest), so every head's and sequence's longest tiles (they hold
+// the most keys) start first and the short ones fill in behind them.
 
 #define PF_WARPS 4
-#define PF_BN 64
 
 __device__ __forceinline__ unsigned smem_u32(const void* p) {
     return static_cast<unsigned>(__cvta_generic_to_shared(p));
@@ -60,18 +62,18 @@ __device__ __forceinline__ int swz(int row, int chunk) {
     return row * HD + ((chunk ^ (row & 7)) << 3);
 }
 
-template <int HD, int G, int MT>
+template <int HD, int G, int MT, int PF_BN, int ST>
 __device__ void prefill_attn_impl(const bf16* __restrict__ q_base, int q_stride, const bf16* __restrict__ k_cache,
                                   const bf16* __restrict__ v_cache, const int* __restrict__ cu_q,
                                   const int* __restrict__ ctx_len, const int* __restrict__ block_tables,
-                                  int max_blocks, int nkv, int block_size, float scale_log2,
-                                  bf16* __restrict__ out, int out_stride) {
+                                  int max_blocks, int nkv, int block_size, int bs_shift,
+                                  float scale_log2, bf16* __restrict__ out, int out_stride) {
     constexpr int BM = PF_WARPS * 16 * MT;
     constexpr int TOK = BM / G;        // tokens per tile
     constexpr int CH = HD / 8;         // 16-byte chunks per row
-    const int s = blockIdx.y, g = blockIdx.z;
+    const int s = blockIdx.y, g = blockIdx.x;
     const int q0 = cu_q[s], qn = cu_q[s + 1] - q0;
-    const int t0 = (gridDim.x - 1 - blockIdx.x) * TOK;
+    const int t0 = (gridDim.z - 1 - blockIdx.z) * TOK;
     if (t0 >= qn) return;
     const int ctx = ctx_len[s];
     const int t_end = min(t0 + TOK, qn);
@@ -81,7 +83,7 @@ __device__ void prefill_attn_impl(const bf16* __restrict__ q_base, int q_stride,
     extern __shared__ __align__(128) unsigned char smem_raw[];
     bf16* sQ = reinterpret_cast<bf16*>(smem_raw);
     bf16* sK = sQ + BM * HD;
-    bf16* sV = sK + 2 * PF_BN * HD;
+    bf16* sV = sK + ST * PF_BN * HD;
 
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int* bt = block_tables + (i64)s * max_blocks;
@@ -105,14 +107,22 @@ __device__ void prefill_attn_impl(const bf16* __restrict__ q_base, int q_stride,
             const int k = kt * PF_BN + r;
             const bool valid = k < n_keys;
             i64 off = 0;
-            if (valid) off = (i64)bt[k / block_size] * block_stride + (i64)(k % block_size) * HD + c * 8;
+            if (valid) {
+                const int bi = bs_shift >= 0 ? k >> bs_shift : k / block_size;
+                off = (i64)bt[bi] * block_stride + (i64)(k - bi * block_size) * HD + c * 8;
+            }
             const int so = swz<HD>(r, c);
             cp_async16(smem_u32(dK + so), kh + off, valid);
             cp_async16(smem_u32(dV + so), vh + off, valid);
         }
     };
-    load_kv(0, 0);
-    cp_async_commit();
+    // Stages 0..ST-2 in flight before the loop (empty groups past the end
+    // keep the wait counts uniform).
+#pragma unroll
+    for (int st = 0; st < ST - 1; ++st) {
+        if (st < num_kt) load_kv(st, st);
+        cp_async_commit();
+    }
 
     // This thread's rows: mt*16 + lane/4 ("a") and 8 below it ("b") of each
     // m-tile of the warp.
@@ -140,18 +150,17 @@ __device__ void prefill_attn_impl(const bf16* __restrict__ q_base, int q_stride,
     const int mi = lane >> 3, mr = lane & 7;
 
     for (int kt = 0; kt < num_kt; ++kt) {
-        if (kt + 1 < num_kt) {
-            load_kv(kt + 1, (kt + 1) & 1);
-            cp_async_commit();
-            cp_async_wait<1>();
-        } else {
-            cp_async_wait<0>();
-        }
+        // Tile kt's group is complete once at most ST-2 newer ones pend.
+        cp_async_wait<ST - 2>();
         __syncthreads();
+        // The stage refilled here was consumed in iteration kt-1, which every
+        // warp has finished (the barrier above).
+        if (kt + ST - 1 < num_kt) load_kv(kt + ST - 1, (kt + ST - 1) % ST);
+        cp_async_commit();
         const int key0 = kt * PF_BN;
         if (warp_active && key0 <= warp_max_qpos) {
-            const bf16* cK = sK + (kt & 1) * PF_BN * HD;
-            const bf16* cV = sV + (kt & 1) * PF_BN * HD;
+            const bf16* cK = sK + (kt % ST) * PF_BN * HD;
+            const bf16* cV = sV + (kt % ST) * PF_BN * HD;
             float sc[MT][PF_BN / 8][4];
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
@@ -245,7 +254,6 @@ __device__ void prefill_attn_impl(const bf16* __restrict__ q_base, int q_stride,
                 }
             }
         }
-        __syncthreads();
     }
 
     if (!warp_active) return;
@@ -269,23 +277,24 @@ __device__ void prefill_attn_impl(const bf16* __restrict__ q_base, int q_stride,
     }
 }
 
-// MT = 16-row m-tiles per warp: 2 (128 rows per block) for the engine;
-// the _mt1 variant (64 rows) is kept for the benchmark's comparison.
-#define PREFILL_KERNEL(NAME, HD, G, MT)                                                                            \
+// MT = 16-row m-tiles per warp (2: 128 rows per block), BN = keys per tile,
+// ST = shared-memory stages of the K/V ring. The _mt1 name holds the
+// benchmark's comparison variant (32-key tiles, three stages).
+#define PREFILL_KERNEL(NAME, HD, G, MT, BN, ST)                                                                    \
     extern "C" __global__ void __launch_bounds__(PF_WARPS * 32) NAME(                                            \
         const bf16* q, int q_stride, const bf16* k_cache, const bf16* v_cache, const int* cu_q, const int* ctx_len, \
-        const int* block_tables, int max_blocks, int nkv, int block_size, float scale_log2, bf16* out,           \
-        int out_stride) {                                                                                          \
-        prefill_attn_impl<HD, G, MT>(q, q_stride, k_cache, v_cache, cu_q, ctx_len, block_tables, max_blocks, nkv, \
-                                     block_size, scale_log2, out, out_stride);                                   \
+        const int* block_tables, int max_blocks, int nkv, int block_size, int bs_shift, float scale_log2,        \
+        bf16* out, int out_stride) {                                                                               \
+        prefill_attn_impl<HD, G, MT, BN, ST>(q, q_stride, k_cache, v_cache, cu_q, ctx_len, block_tables,          \
+                                             max_blocks, nkv, block_size, bs_shift, scale_log2, out, out_stride); \
     }
 
-PREFILL_KERNEL(prefill_attn_hd64_g1, 64, 1, 2)
-PREFILL_KERNEL(prefill_attn_hd64_g2, 64, 2, 2)
-PREFILL_KERNEL(prefill_attn_hd64_g4, 64, 4, 2)
-PREFILL_KERNEL(prefill_attn_hd64_g8, 64, 8, 2)
-PREFILL_KERNEL(prefill_attn_hd128_g1, 128, 1, 2)
-PREFILL_KERNEL(prefill_attn_hd128_g2, 128, 2, 2)
-PREFILL_KERNEL(prefill_attn_hd128_g4, 128, 4, 2)
-PREFILL_KERNEL(prefill_attn_hd128_g8, 128, 8, 2)
-PREFILL_KERNEL(prefill_attn_hd128_g4_mt1, 128, 4, 1)
+PREFILL_KERNEL(prefill_attn_hd64_g1, 64, 1, 2, 64, 2)
+PREFILL_KERNEL(prefill_attn_hd64_g2, 64, 2, 2, 64, 2)
+PREFILL_KERNEL(prefill_attn_hd64_g4, 64, 4, 2, 64, 2)
+PREFILL_KERNEL(prefill_attn_hd64_g8, 64, 8, 2, 64, 2)
+PREFILL_KERNEL(prefill_attn_hd128_g1, 128, 1, 2, 64, 2)
+PREFILL_KERNEL(prefill_attn_hd128_g2, 128, 2, 2, 64, 2)
+PREFILL_KERNEL(prefill_attn_hd128_g4, 128, 4, 2, 64, 2)
+PREFILL_KERNEL(prefill_attn_hd128_g8, 128, 8, 2, 64, 2)
+PREFILL_KERNEL(prefill_attn_hd128_g4_mt1, 128, 4, 2, 32, 3)

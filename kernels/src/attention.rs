@@ -15,27 +15,57 @@ use crate::shape::AttnShape;
 
 const DECODE_THREADS: u32 = 128;
 const DECODE_WARPS: usize = 4;
+/// Stages of each warp's cp.async ring (DEC_STAGES in decode_attention.cu).
+const DECODE_STAGES: usize = 3;
+
+/// Keys per lane per tile of the decode kernel for group `g` (U in
+/// decode_attention.cu: fewer for 8 heads, whose accumulators need the
+/// registers).
+fn decode_keys_per_lane(g: usize) -> usize {
+    if g <= 4 { 8 } else { 4 }
+}
 const PREFILL_THREADS: u32 = 128;
 /// Query rows per warp-level m16 tile, warps per block, keys per tile
 /// (see prefill_attention.cu).
 const PREFILL_ROWS_PER_MTILE: usize = 16;
 const PREFILL_WARPS: usize = 4;
-const PREFILL_BN: usize = 64;
-/// m-tiles per warp of the engine's prefill kernels.
-const PREFILL_MTILES: usize = 2;
+/// m-tiles per warp (16 rows each), keys per tile and K/V ring stages of
+/// the engine's prefill kernels and of the benchmark's comparison variant.
+const PREFILL_TILING: PrefillTiling = PrefillTiling { m_tiles: 2, keys: 64, stages: 2 };
+const PREFILL_ALT_TILING: PrefillTiling = PrefillTiling { m_tiles: 2, keys: 32, stages: 3 };
 
-/// Keys per decode partition. Splits the longest context into enough
-/// partitions that `sequences × kv heads × partitions` is about four blocks
-/// per SM (enough loads in flight to saturate HBM), but no partition under
-/// 64 keys (each block must amortise its setup) or over 1024 (its scores
-/// live in shared memory); partitions are balanced, rounded up to 32 keys.
+struct PrefillTiling {
+    m_tiles: usize,
+    keys: usize,
+    stages: usize,
+}
+
+/// Keys per decode partition. Splitting a context costs a second launch
+/// (`decode_combine`) and a round trip of every partial through the
+/// workspace; on the H100 that cost more than it won whenever
+/// `sequences × kv heads` already filled the SMs (batch 32 × 1025 keys:
+/// 60 µs whole, 67–107 µs in parts of 512–64 keys; BENCH.md). So contexts
+/// are split only when there are fewer (sequence, kv head) blocks than SMs,
+/// then into about eight blocks per SM, no partition under 64 keys (each
+/// block must amortise its setup); partitions are balanced, rounded up to
+/// 32 keys.
 pub fn decode_partition_keys(max_keys: usize, num_seqs: usize, num_kv_heads: usize, num_sms: u32) -> usize {
     const MIN_KEYS: usize = 64;
-    const MAX_KEYS: usize = 1024;
+    const BLOCKS_PER_SM: usize = 8;
     let max_keys = max_keys.max(1);
-    let wanted = (4 * num_sms as usize).div_ceil((num_seqs * num_kv_heads).max(1));
-    let parts = wanted.min(max_keys.div_ceil(MIN_KEYS)).max(max_keys.div_ceil(MAX_KEYS)).max(1);
-    max_keys.div_ceil(parts).next_multiple_of(32).min(MAX_KEYS)
+    let pairs = (num_seqs * num_kv_heads).max(1);
+    let parts = if pairs >= num_sms as usize {
+        1
+    } else {
+        (BLOCKS_PER_SM * num_sms as usize).div_ceil(pairs).min(max_keys.div_ceil(MIN_KEYS)).max(1)
+    };
+    max_keys.div_ceil(parts).next_multiple_of(32)
+}
+
+/// log2 of a power-of-two block size (the kernels then index with a shift
+/// instead of a division), else -1.
+fn block_shift(block_size: usize) -> i32 {
+    if block_size.is_power_of_two() { block_size.trailing_zeros() as i32 } else { -1 }
 }
 
 fn i32_of(v: usize) -> Result<i32> {
@@ -86,34 +116,57 @@ impl Gpu {
         shape: &AttnShape,
         out: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
+        let part = decode_partition_keys(meta.max_keys, meta.num_seqs, shape.num_kv_heads, self.num_sms);
+        self.decode_attention_parts(qkv, k_cache, v_cache, meta, shape, out, part)
+    }
+
+    /// `decode_attention` with partitions of `part_keys` keys (a multiple
+    /// of 32): the benchmark's sweep of the partition size.
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_attention_parts(
+        &self,
+        qkv: &impl DevicePtr<bf16>,
+        k_cache: &impl DevicePtr<bf16>,
+        v_cache: &impl DevicePtr<bf16>,
+        meta: &DeviceMeta,
+        shape: &AttnShape,
+        out: &mut impl DevicePtrMut<bf16>,
+        part: usize,
+    ) -> Result<()> {
         ensure(meta.max_new_tokens == 1 && meta.num_tokens == meta.num_seqs, || {
             "decode attention needs exactly one new token per sequence".into()
         })?;
+        ensure(part > 0 && part.is_multiple_of(32), || format!("decode partition of {part} keys"))?;
         let p = self.attn_ptrs(qkv, k_cache, v_cache, meta, shape, out)?;
         let m = meta.ptrs(self);
         let (hd, g) = (shape.head_dim, shape.group());
-        let part = decode_partition_keys(meta.max_keys, meta.num_seqs, shape.num_kv_heads, self.num_sms);
         let max_parts = meta.max_keys.div_ceil(part);
         let slots = meta.num_seqs * shape.num_q_heads * max_parts;
         let scratch_len = if max_parts > 1 { slots * (hd + 2) } else { 1 };
-        let smem_floats = (g * part).max(DECODE_WARPS * g * hd);
-        let scale = 1.0 / (hd as f32).sqrt();
+        // Per warp: an accumulator row and (m, l) per head of the group,
+        // then its ring of K and V pieces (16 bytes per lane per key slot).
+        let smem = (DECODE_WARPS * g * (hd + 2) * 4 + DECODE_WARPS * DECODE_STAGES * 2 * decode_keys_per_lane(g) * 32 * 16) as u32;
+        // exp2 in the kernel: fold log2(e) into the softmax scale.
+        let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
         let (q_stride, out_stride) = (i32_of(shape.qkv_width())?, i32_of(shape.out_width())?);
         let (max_blocks, nkv, bs) =
             (i32_of(meta.max_blocks)?, i32_of(shape.num_kv_heads)?, i32_of(meta.block_size)?);
+        let bs_shift = block_shift(meta.block_size);
         let (part_i, max_parts_i) = (i32_of(part)?, i32_of(max_parts)?);
         self.with_scratch(scratch_len, |ws| {
             let (ws_acc, _) = rd(&self.stream, ws);
             let ws_ml = ws_acc + (slots * hd * 4) as u64;
             let f = self.function(&format!("decode_attn_hd{hd}_g{g}"))?;
+            f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
             let mut b = self.stream.launch_builder(f);
             b.arg(&p.q).arg(&q_stride).arg(&p.k).arg(&p.v).arg(&m.cu_q).arg(&m.ctx_len);
-            b.arg(&m.block_tables).arg(&max_blocks).arg(&nkv).arg(&bs).arg(&part_i).arg(&max_parts_i);
-            b.arg(&scale).arg(&p.out).arg(&out_stride).arg(&ws_acc).arg(&ws_ml);
+            b.arg(&m.block_tables).arg(&max_blocks).arg(&nkv).arg(&bs).arg(&bs_shift).arg(&part_i);
+            b.arg(&max_parts_i).arg(&scale_log2).arg(&p.out).arg(&out_stride).arg(&ws_acc).arg(&ws_ml);
             let cfg = LaunchConfig {
                 grid_dim: (shape.num_kv_heads as u32, meta.num_seqs as u32, max_parts as u32),
                 block_dim: (DECODE_THREADS, 1, 1),
-                shared_mem_bytes: (smem_floats * 4) as u32,
+                shared_mem_bytes: smem,
             };
             // SAFETY: arguments match decode_attn_impl; buffers checked in
             // attn_ptrs; the workspace holds `slots` partials.
@@ -149,13 +202,13 @@ impl Gpu {
         out: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
         let name = format!("prefill_attn_hd{}_g{}", shape.head_dim, shape.group());
-        self.prefill_attention_kernel(&name, PREFILL_MTILES, qkv, k_cache, v_cache, meta, shape, out)
+        self.prefill_attention_kernel(&name, &PREFILL_TILING, qkv, k_cache, v_cache, meta, shape, out)
     }
 
-    /// The benchmark's comparison point: the prefill kernel with one m-tile
-    /// (64 query rows) per block, Llama-3-8B shape (hd 128, group 4) only.
+    /// The benchmark's comparison point: the prefill kernel with 32-key
+    /// tiles in a three-stage ring, Llama-3-8B shape (hd 128, group 4) only.
     #[doc(hidden)]
-    pub fn prefill_attention_one_mtile(
+    pub fn prefill_attention_alt_tiling(
         &self,
         qkv: &impl DevicePtr<bf16>,
         k_cache: &impl DevicePtr<bf16>,
@@ -165,14 +218,14 @@ impl Gpu {
         out: &mut impl DevicePtrMut<bf16>,
     ) -> Result<()> {
         ensure(shape.head_dim == 128 && shape.group() == 4, || "one-m-tile prefill exists for hd 128, group 4".into())?;
-        self.prefill_attention_kernel("prefill_attn_hd128_g4_mt1", 1, qkv, k_cache, v_cache, meta, shape, out)
+        self.prefill_attention_kernel("prefill_attn_hd128_g4_mt1", &PREFILL_ALT_TILING, qkv, k_cache, v_cache, meta, shape, out)
     }
 
     #[allow(clippy::too_many_arguments)]
     fn prefill_attention_kernel(
         &self,
         name: &str,
-        m_tiles: usize,
+        tiling: &PrefillTiling,
         qkv: &impl DevicePtr<bf16>,
         k_cache: &impl DevicePtr<bf16>,
         v_cache: &impl DevicePtr<bf16>,
@@ -183,9 +236,10 @@ impl Gpu {
         let p = self.attn_ptrs(qkv, k_cache, v_cache, meta, shape, out)?;
         let m = meta.ptrs(self);
         let (hd, g) = (shape.head_dim, shape.group());
-        let block_rows = PREFILL_WARPS * PREFILL_ROWS_PER_MTILE * m_tiles;
+        let block_rows = PREFILL_WARPS * PREFILL_ROWS_PER_MTILE * tiling.m_tiles;
         let tiles = meta.max_new_tokens.div_ceil(block_rows / g);
-        let smem = ((block_rows + 4 * PREFILL_BN) * hd * 2) as u32;
+        // Q rows plus `stages` K and V tiles, bf16.
+        let smem = ((block_rows + 2 * tiling.stages * tiling.keys) * hd * 2) as u32;
         let f = self.function(name)?;
         f.set_attribute(
             CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -198,10 +252,11 @@ impl Gpu {
             (i32_of(meta.max_blocks)?, i32_of(shape.num_kv_heads)?, i32_of(meta.block_size)?);
         let mut b = self.stream.launch_builder(f);
         b.arg(&p.q).arg(&q_stride).arg(&p.k).arg(&p.v).arg(&m.cu_q).arg(&m.ctx_len);
-        b.arg(&m.block_tables).arg(&max_blocks).arg(&nkv).arg(&bs).arg(&scale_log2);
+        let bs_shift = block_shift(meta.block_size);
+        b.arg(&m.block_tables).arg(&max_blocks).arg(&nkv).arg(&bs).arg(&bs_shift).arg(&scale_log2);
         b.arg(&p.out).arg(&out_stride);
         let cfg = LaunchConfig {
-            grid_dim: (tiles as u32, meta.num_seqs as u32, shape.num_kv_heads as u32),
+            grid_dim: (shape.num_kv_heads as u32, meta.num_seqs as u32, tiles as u32),
             block_dim: (PREFILL_THREADS, 1, 1),
             shared_mem_bytes: smem,
         };
@@ -216,18 +271,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partitions_shrink_for_small_batches_and_stay_in_bounds() {
+    fn partitions_shrink_for_small_batches_and_cover_the_context() {
         // Llama-3.1-8B on 132 SMs: batch 1 at 4096 keys splits finely…
         assert_eq!(decode_partition_keys(4096, 1, 8, 132), 64);
-        // …batch 32 at 1025 keys into three balanced parts…
-        assert_eq!(decode_partition_keys(1025, 32, 8, 132), 352);
-        // …batch 128 need not split, but scores must fit shared memory.
-        assert_eq!(decode_partition_keys(4097, 128, 8, 132), 832);
+        // …batch 16 (128 blocks) into nine parts…
+        assert_eq!(decode_partition_keys(1025, 16, 8, 132), 128);
+        // …batch 32 and up (256 blocks and more) not at all.
+        assert_eq!(decode_partition_keys(1025, 32, 8, 132), 1056);
+        assert_eq!(decode_partition_keys(4097, 128, 8, 132), 4128);
         assert_eq!(decode_partition_keys(1, 1, 1, 132), 32);
         for keys in [1, 63, 64, 65, 1000, 4097, 100_000] {
             for seqs in [1, 7, 256] {
                 let p = decode_partition_keys(keys, seqs, 8, 132);
-                assert!((32..=1024).contains(&p), "{keys} keys, {seqs} seqs: {p}");
+                assert!(p.is_multiple_of(32) && p >= 32, "{keys} keys, {seqs} seqs: {p}");
+                assert!(p >= 64 || p >= keys, "{keys} keys, {seqs} seqs: {p} under the minimum");
+                let parts = keys.div_ceil(p);
+                assert!(parts * p >= keys && (parts - 1) * p < keys, "{keys} keys, {seqs} seqs: {p}");
             }
         }
     }

@@ -202,6 +202,17 @@ fn rope_write_kv_matches_reference() {
     }
 }
 
+/// Which attention launcher a case runs.
+#[derive(Clone, Copy)]
+enum Attn {
+    Decode,
+    /// Decode with partitions of this many keys.
+    DecodeParts(usize),
+    Prefill,
+    /// The benchmark's alternative prefill tiling (hd 128, group 4).
+    PrefillAlt,
+}
+
 /// Random q (the qkv buffer) and caches for `b`, the GPU's output of
 /// `run`, and the reference.
 fn attention_case(
@@ -209,7 +220,7 @@ fn attention_case(
     r: &mut ChaCha8Rng,
     b: &Batch,
     shape: &AttnShape,
-    decode: bool,
+    which: Attn,
 ) -> (Vec<f32>, Vec<f32>) {
     let t = b.meta.num_tokens();
     let qkv = rand_bf16(r, t * shape.qkv_width(), 2.0);
@@ -219,11 +230,13 @@ fn attention_case(
     let dm = b.meta.upload(g).unwrap();
     let (dq, dk, dv) = (g.upload(&qkv).unwrap(), g.upload(&kc).unwrap(), g.upload(&vc).unwrap());
     let mut out = nan_bf16(g, t * shape.out_width());
-    if decode {
-        g.decode_attention(&dq, &dk, &dv, &dm, shape, &mut out).unwrap();
-    } else {
-        g.prefill_attention(&dq, &dk, &dv, &dm, shape, &mut out).unwrap();
+    match which {
+        Attn::Decode => g.decode_attention(&dq, &dk, &dv, &dm, shape, &mut out),
+        Attn::DecodeParts(p) => g.decode_attention_parts(&dq, &dk, &dv, &dm, shape, &mut out, p),
+        Attn::Prefill => g.prefill_attention(&dq, &dk, &dv, &dm, shape, &mut out),
+        Attn::PrefillAlt => g.prefill_attention_alt_tiling(&dq, &dk, &dv, &dm, shape, &mut out),
     }
+    .unwrap();
     let want = reference::attention(&f32s(&qkv), &f32s(&kc), &f32s(&vc), &b.meta, shape);
     (download_f32(g, &out), want)
 }
@@ -250,8 +263,29 @@ fn decode_attention_matches_reference() {
             let mut r = rng(1000 + 10 * i as u64 + j as u64);
             let seqs: Vec<(u32, u32)> = ctxs.iter().map(|&c| (1, c)).collect();
             let b = batch(&mut r, block_size, &seqs);
-            let (got, want) = attention_case(g, &mut r, &b, shape, true);
+            let (got, want) = attention_case(g, &mut r, &b, shape, Attn::Decode);
             assert_close(&format!("decode {shape:?} bs {block_size} ctx {ctxs:?}"), &got, &want, ATTN_ABS_TOL, 0.0);
+        }
+    }
+}
+
+/// Every partition size the benchmark sweeps, over contexts that end
+/// anywhere in a partition and a warp tile (and a 24-token block, whose
+/// indexing takes the division path rather than the shift).
+#[test]
+fn decode_attention_any_partition_matches_reference() {
+    let Some(g) = gpu() else { return };
+    let ctxs: Vec<(u32, u32)> = [0u32, 1, 30, 31, 32, 63, 64, 100, 255, 256, 700, 1024, 2047]
+        .iter()
+        .map(|&c| (1, c))
+        .collect();
+    for (i, shape) in SHAPES.iter().enumerate() {
+        for (j, part) in [32usize, 64, 96, 256, 1024, 4096].into_iter().enumerate() {
+            let block_size = [16, 32, 24][(i + j) % 3];
+            let mut r = rng(5000 + 10 * i as u64 + j as u64);
+            let b = batch(&mut r, block_size, &ctxs);
+            let (got, want) = attention_case(g, &mut r, &b, shape, Attn::DecodeParts(part));
+            assert_close(&format!("decode {shape:?} bs {block_size} part {part}"), &got, &want, ATTN_ABS_TOL, 0.0);
         }
     }
 }
@@ -273,8 +307,13 @@ fn prefill_attention_matches_reference() {
             let block_size = if (i + j) % 2 == 0 { 16 } else { 32 };
             let mut r = rng(2000 + 10 * i as u64 + j as u64);
             let b = batch(&mut r, block_size, seqs);
-            let (got, want) = attention_case(g, &mut r, &b, shape, false);
+            let (got, want) = attention_case(g, &mut r, &b, shape, Attn::Prefill);
             assert_close(&format!("prefill {shape:?} bs {block_size} seqs {seqs:?}"), &got, &want, ATTN_ABS_TOL, 0.0);
+            if shape.head_dim == 128 && shape.group() == 4 {
+                let (got, want) = attention_case(g, &mut r, &b, shape, Attn::PrefillAlt);
+                let what = format!("prefill alt tiling bs {block_size} seqs {seqs:?}");
+                assert_close(&what, &got, &want, ATTN_ABS_TOL, 0.0);
+            }
         }
     }
 }

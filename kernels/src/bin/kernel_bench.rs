@@ -110,12 +110,18 @@ fn main() -> Result<()> {
                 .collect::<Result<_>>()?;
             let qkv = random_bf16(&gpu, batch * shape.qkv_width(), 4, 1.0)?;
             let mut out = gpu.zeros::<bf16>(batch * shape.out_width())?;
-            let ms = time_ms(&gpu, 5, 15, 10, |i| {
-                let (k, v) = &caches[i % copies];
-                Ok(gpu.decode_attention(&qkv, k, v, &meta, &shape, &mut out)?)
-            })?;
-            let gbps = kv_bytes as f64 / ms / 1e6;
-            writeln!(md, "| {batch} | {ctx} | {:.1} | {gbps:.0} | {:.2} |", ms * 1e3, gbps / copy_gbps)?;
+            let auto = servetwin_kernels::decode_partition_keys(ctx as usize + 1, batch, shape.num_kv_heads, gpu.num_sms());
+            // The heuristic's partition first, then the sweep around it.
+            let sweep = if batch > 1 { vec![64, 128, 256, 512, (ctx as usize + 1).next_multiple_of(32)] } else { vec![] };
+            for part in std::iter::once(auto).chain(sweep.into_iter().filter(|&p| p != auto)) {
+                let ms = time_ms(&gpu, 5, 15, 10, |i| {
+                    let (k, v) = &caches[i % copies];
+                    Ok(gpu.decode_attention_parts(&qkv, k, v, &meta, &shape, &mut out, part)?)
+                })?;
+                let gbps = kv_bytes as f64 / ms / 1e6;
+                let label = if part == auto { String::new() } else { format!(" (parts of {part})") };
+                writeln!(md, "| {batch}{label} | {ctx} | {:.1} | {gbps:.0} | {:.2} |", ms * 1e3, gbps / copy_gbps)?;
+            }
         }
     }
 
@@ -143,9 +149,9 @@ fn main() -> Result<()> {
         let ms = time_ms(&gpu, 3, 15, 5, |_| Ok(gpu.prefill_attention(&qkv, &k, &v, &meta, &shape, &mut out)?))?;
         let tflops = flops / ms / 1e9;
         writeln!(md, "| {label} | {:.1} | {tflops:.0} | {:.2} |", ms * 1e3, tflops / peak_tflops)?;
-        let ms = time_ms(&gpu, 3, 15, 5, |_| Ok(gpu.prefill_attention_one_mtile(&qkv, &k, &v, &meta, &shape, &mut out)?))?;
+        let ms = time_ms(&gpu, 3, 15, 5, |_| Ok(gpu.prefill_attention_alt_tiling(&qkv, &k, &v, &meta, &shape, &mut out)?))?;
         let tflops = flops / ms / 1e9;
-        writeln!(md, "| {label}, 64-row blocks | {:.1} | {tflops:.0} | {:.2} |", ms * 1e3, tflops / peak_tflops)?;
+        writeln!(md, "| {label}, 32-key tiles × 3 stages | {:.1} | {tflops:.0} | {:.2} |", ms * 1e3, tflops / peak_tflops)?;
     }
 
     // GEMMs.
