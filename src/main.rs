@@ -7,15 +7,18 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use servetwin_sim::cost::CostExecutor;
-use servetwin_sim::des::{SimError, Simulation};
+use servetwin_sim::des::Simulation;
 use servetwin_sim::metrics::Summary;
-use servetwin_sim::output::{open_run_dir, write_summary};
-use servetwin_sim::scenario::{self, Loaded, ScenarioError};
+use servetwin_sim::output::{open_run_dir, write_latency_cdf, write_summary};
+use servetwin_sim::scenario::{self, Loaded};
 use servetwin_sim::step::{Executor, ReplayExecutor};
 
 mod calibrate;
 mod compare;
 mod engine;
+mod input;
+mod plan;
+mod sweep;
 mod profile;
 
 #[derive(Parser)]
@@ -48,6 +51,74 @@ enum Command {
         /// retraces that run's, decision for decision.
         #[arg(long, value_name = "RUN_DIR")]
         replay: Option<PathBuf>,
+        /// Also write report.html (and its SVGs, trace.json) into the run directory.
+        #[arg(long)]
+        report: bool,
+    },
+    /// Simulate the cartesian product of scenario keys; one row per point.
+    Sweep {
+        /// Scenario TOML file (not with --merge).
+        #[arg(required_unless_present = "merge")]
+        scenario: Option<PathBuf>,
+        /// A key and its values: --grid workload.rate_per_s=2,4,8 (repeat for more keys).
+        #[arg(long, value_name = "KEY=V1,V2,…")]
+        grid: Vec<String>,
+        /// Override a scenario key for every point, as for simulate.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Seed for every point (overrides the scenario's `seed`).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Run only the i-th of N disjoint slices of the points: --shard 0/4.
+        #[arg(long, value_name = "i/N")]
+        shard: Option<String>,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Output directory (default: runs/<scenario>/sweep-<run-id>/); rerun into it to resume.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Record a point that fails as a row with an `error` column and go on.
+        #[arg(long)]
+        keep_going: bool,
+        /// Join the tables of these sweep directories (shards) into --out.
+        #[arg(long, num_args = 1.., value_name = "DIR", conflicts_with_all = ["scenario", "grid", "shard"])]
+        merge: Vec<PathBuf>,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Find, per GPU type, the cheapest deployment that meets the SLOs.
+    Plan {
+        /// Scenario TOML file: workload, [slo] and optionally [plan].
+        scenario: PathBuf,
+        /// GPU types to compare (default: [plan] gpus, else the scenario's GPU).
+        #[arg(long, value_delimiter = ',')]
+        gpus: Vec<String>,
+        /// Most US$ per hour a deployment may cost (overrides [plan] budget_usd_per_hour).
+        #[arg(long)]
+        budget: Option<f64>,
+        /// Override a scenario key, as for simulate.
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Worker threads (default: one per core).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Output directory (default: runs/<scenario>/plan-<run-id>/).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Print nothing but errors.
+        #[arg(long, short)]
+        quiet: bool,
+    },
+    /// Write an HTML report (and SVG charts) of run, sweep or plan directories.
+    Report {
+        /// Run, sweep or plan directories.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// The HTML file; SVGs and trace.json go beside it.
+        #[arg(long, default_value = "report.html")]
+        out: PathBuf,
     },
     /// The real engine: run a scenario for real on a backend.
     #[command(subcommand)]
@@ -171,20 +242,14 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            let bad_input = e.chain().any(|c| {
-                c.is::<ScenarioError>()
-                    || matches!(c.downcast_ref::<SimError>(), Some(SimError::Workload(_)))
-                    || c.downcast_ref::<servetwin_engine::EngineError>().is_some_and(|e| e.is_bad_input())
-                    || c.is::<servetwin_sim::profile::ProfileError>()
-            });
-            ExitCode::from(if bad_input { 2 } else { 1 })
+            ExitCode::from(if input::is_bad_input(&e) { 2 } else { 1 })
         }
     }
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Simulate { scenario, set, out, seed, quiet, replay } => {
+        Command::Simulate { scenario, set, out, seed, quiet, replay, report } => {
             let loaded = scenario::load(&scenario, &set, seed)?;
             let dir = out.unwrap_or_else(|| default_run_dir(&loaded.name));
             let summary = match replay {
@@ -227,6 +292,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_summary(&loaded, &summary, "simulation");
                 println!("run written to {}", dir.display());
             }
+            if report {
+                let w = servetwin_reports::report::build(std::slice::from_ref(&dir), &dir.join("report.html"))?;
+                if !quiet {
+                    println!("report written to {}", w.html.display());
+                }
+            }
             Ok(())
         }
         Command::Engine(EngineCommand::Bench { model, backend, set, quick, out }) => engine::bench(&model, &set, backend, quick, &out),
@@ -250,6 +321,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print_summary(&loaded, &summary, "engine run");
                 println!("run written to {}", dir.display());
             }
+            Ok(())
+        }
+        Command::Sweep { merge, out, quiet, .. } if !merge.is_empty() => {
+            let out = out.ok_or_else(|| input::BadInput("--merge needs --out DIR".into()))?;
+            sweep::merge(&merge, &out, quiet)
+        }
+        Command::Sweep { scenario, grid, set, seed, shard, jobs, out, keep_going, quiet, .. } => {
+            let scenario = scenario.expect("clap requires it without --merge");
+            let out = out.unwrap_or_else(|| default_dir(&scenario, "sweep"));
+            sweep::run(sweep::SweepArgs { scenario, grid, set, seed, shard, jobs, out, keep_going, quiet })
+        }
+        Command::Plan { scenario, gpus, budget, set, jobs, out, quiet } => {
+            let out = out.unwrap_or_else(|| default_dir(&scenario, "plan"));
+            plan::run(plan::PlanArgs { scenario, gpus, budget, set, jobs, out, quiet })
+        }
+        Command::Report { dirs, out } => {
+            let w = servetwin_reports::report::build(&dirs, &out)?;
+            println!("report written to {} ({} charts{})", w.html.display(), w.svgs.len(), if w.trace.is_some() { ", trace.json" } else { "" });
             Ok(())
         }
     }
@@ -296,6 +385,7 @@ fn run_to_dir<E: Executor>(
         }
     };
     write_summary(dir, &summary)?;
+    write_latency_cdf(dir, &sim.metrics)?;
     Ok(summary)
 }
 
@@ -311,10 +401,19 @@ fn progress_bar(expected: Option<u64>) -> indicatif::ProgressBar {
     bar
 }
 
+/// runs/<scenario>/<kind>-<UTC time>[-n]/ for a sweep or plan.
+fn default_dir(scenario: &Path, kind: &str) -> PathBuf {
+    let name = scenario.file_stem().map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
+    new_dir(&Path::new("runs").join(name), &format!("{kind}-"))
+}
+
 /// runs/<scenario>/<UTC time>[-n]/: a new directory for every run.
 fn default_run_dir(name: &str) -> PathBuf {
-    let base = Path::new("runs").join(name);
-    let stamp = chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string();
+    new_dir(&Path::new("runs").join(name), "")
+}
+
+fn new_dir(base: &Path, prefix: &str) -> PathBuf {
+    let stamp = format!("{prefix}{}", chrono::Utc::now().format("%Y%m%d-%H%M%S"));
     let mut dir = base.join(&stamp);
     let mut n = 2;
     while dir.exists() {

@@ -7,11 +7,13 @@
 //! tensor-parallel all-reduces, expert-parallel all-to-alls, a pipeline's
 //! bubbles and transfers, and a fixed per-step overhead.
 
+use std::cell::Cell;
+
 use serde::{Deserialize, Serialize};
 
 use crate::hardware::{GpuConfig, MathDtype};
 use crate::model::ModelConfig;
-use crate::step::{BatchShape, ExecuteError, Executor, Step, StepOutcome};
+use crate::step::{BatchShape, ExecuteError, Executor, Step, StepBreakdown, StepOutcome};
 
 /// `[cost]`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -126,11 +128,32 @@ pub const OPS: [&str; 13] = [
     "pipeline_transfer",
 ];
 
-/// A step's duration and where it went (seconds per op, indexed like `OPS`).
+/// A step's duration and where it went (seconds per op, indexed like `OPS`),
+/// and the work the roofline charged: FLOPs and HBM bytes over all ops.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
 pub struct StepCost {
     pub duration_ns: u64,
     pub op_s: [f64; OPS.len()],
+    pub flops: f64,
+    pub bytes: f64,
+}
+
+impl StepCost {
+    /// The report's four groups: GEMMs (projections, MLP, MoE experts, LM
+    /// head), attention, communication (all-reduces, all-to-alls, pipeline
+    /// transfers, KV swaps over the host link) and overhead (fixed per-step
+    /// cost, norms).
+    pub fn breakdown(&self) -> StepBreakdown {
+        let ns = |ops: &[usize]| (ops.iter().map(|&i| self.op_s[i]).sum::<f64>() * 1e9).round() as u64;
+        StepBreakdown {
+            gemm_ns: ns(&[0, 3, 4, 6, 10]),
+            attention_ns: ns(&[1, 2]),
+            comm_ns: ns(&[8, 9, 11, 12]),
+            overhead_ns: ns(&[5, 7]),
+            flops: self.flops.round() as u64,
+            bytes: self.bytes.round() as u64,
+        }
+    }
 }
 
 pub trait CostModel {
@@ -227,6 +250,9 @@ pub struct Roofline {
     pp: f64,
     micro_batches: f64,
     stage_link_s_per_byte: f64,
+    /// FLOPs and HBM bytes charged since `step_cost` began (for the
+    /// roofline chart); the ops add to it as they are costed.
+    work: Cell<(f64, f64)>,
 }
 
 impl Roofline {
@@ -261,6 +287,7 @@ impl Roofline {
         // nodes over the network.
         let stage_link = if group <= gpu.gpus_per_node { gpu.collective_bytes_per_s(2) } else { gpu.network_bytes_per_s };
         Roofline {
+            work: Cell::new((0.0, 0.0)),
             layers,
             sliding_layers: model.sliding_window_layers as f64,
             window: model.sliding_window.map_or(f64::INFINITY, |w| w as f64),
@@ -309,6 +336,28 @@ impl Roofline {
         }
     }
 
+    /// Adds an op's work to the step's.
+    fn charge(&self, flops: f64, bytes: f64) {
+        let (f, b) = self.work.get();
+        self.work.set((f + flops, b + bytes));
+    }
+
+    /// `n` × the op `f` (one layer's op, run by `n` layers): its seconds,
+    /// and its work counted `n` times.
+    fn times(&self, n: f64, f: impl FnOnce() -> f64) -> f64 {
+        let before = self.work.get();
+        let secs = f();
+        let (f1, b1) = self.work.get();
+        self.work.set((before.0 + n * (f1 - before.0), before.1 + n * (b1 - before.1)));
+        n * secs
+    }
+
+    /// Seconds of a memory-bound elementwise pass over `bytes`.
+    fn stream(&self, bytes: f64) -> f64 {
+        self.charge(0.0, bytes);
+        bytes / self.bytes_per_s
+    }
+
     /// Seconds of a [tokens × k] · [k × n] 16-bit GEMM (extra heads, `crate::spec`).
     pub fn gemm_s(&self, tokens: f64, k: f64, n: f64) -> f64 {
         self.gemm16(tokens, k, n)
@@ -318,6 +367,7 @@ impl Roofline {
     fn gemm16(&self, tokens: f64, k: f64, n: f64) -> f64 {
         let flops = 2.0 * tokens * k * n;
         let bytes = (k * n + tokens * (k + n)) * self.elem;
+        self.charge(flops, bytes);
         (flops / self.bf16_flops_per_s).max(bytes / self.bytes_per_s)
     }
 
@@ -332,6 +382,7 @@ impl Roofline {
     fn weights_gemm(&self, tokens: f64, k: f64, n: f64, weights: f64) -> f64 {
         let flops = 2.0 * tokens * k * n;
         let bytes = weights * self.weight_bytes + tokens * (k + n) * self.elem;
+        self.charge(flops, bytes);
         (flops * self.dequant / self.flops_per_s).max(bytes / self.bytes_per_s)
     }
 
@@ -342,6 +393,7 @@ impl Roofline {
         let flops = scores * flops_per_score;
         let kv = self.kv_read_elems * (kv_tokens + new_tokens * self.kv_write_share) * self.kv_elem;
         let bytes = kv + 2.0 * self.q_dim * new_tokens * self.elem;
+        self.charge(flops, bytes);
         (flops / self.attn_flops_per_s).max(bytes / self.bytes_per_s)
     }
 
@@ -349,13 +401,13 @@ impl Roofline {
     /// per query and keep at most `window` tokens per sequence.
     fn attention_layers(&self, seqs: f64, scores: f64, kv_tokens: f64, new_tokens: f64, flops_per_score: f64) -> f64 {
         let global = self.layers - self.sliding_layers;
-        let mut t = global * self.attention(scores, kv_tokens, new_tokens, flops_per_score);
+        let mut t = self.times(global, || self.attention(scores, kv_tokens, new_tokens, flops_per_score));
         if self.sliding_layers > 0.0 {
             // From the batch's sums: each sequence's window bounds its reads
             // (Σ min(cᵢ, w) ≤ min(Σ cᵢ, n·w), an upper bound).
             let w = self.window;
             let (s, kv) = (scores.min(new_tokens * w), kv_tokens.min(seqs * w));
-            t += self.sliding_layers * self.attention(s, kv, new_tokens, flops_per_score);
+            t += self.times(self.sliding_layers, || self.attention(s, kv, new_tokens, flops_per_score));
         }
         t
     }
@@ -391,7 +443,7 @@ impl Roofline {
     /// A SwiGLU MLP of width `inter` over `t` tokens.
     fn swiglu(&self, t: f64, inter: f64) -> f64 {
         // Gate and up fused into one GEMM, SwiGLU elementwise, down.
-        let act = 3.0 * t * inter * self.elem / self.bytes_per_s;
+        let act = self.stream(3.0 * t * inter * self.elem);
         self.gemm(t, self.hidden, 2.0 * inter) + act + self.gemm(t, inter, self.hidden)
     }
 
@@ -407,7 +459,7 @@ impl Roofline {
         let distinct = m.local * (1.0 - (1.0 - m.per_token / m.total).powf(t));
         let routed_tokens = t * m.per_token / m.ep * m.imbalance;
         let w = distinct * self.hidden * m.inter;
-        let act = 3.0 * routed_tokens * m.inter * self.elem / self.bytes_per_s;
+        let act = self.stream(3.0 * routed_tokens * m.inter * self.elem);
         let routed = self.weights_gemm(routed_tokens, self.hidden, 2.0 * m.inter, 2.0 * w)
             + act
             + self.weights_gemm(routed_tokens, m.inter, self.hidden, w);
@@ -424,7 +476,7 @@ impl Roofline {
     /// when the stage is one of several).
     fn stage_ops(&self, s: &Sums, op_s: &mut [f64; OPS.len()]) {
         let (t, l) = (s.tokens, self.layers);
-        op_s[0] = l * self.qkv(t, s.prefill_kv, s.decode_seqs);
+        op_s[0] = self.times(l, || self.qkv(t, s.prefill_kv, s.decode_seqs));
         if s.prefill_seqs > 0.0 {
             let kv = s.prefill_kv - s.prefill_tokens;
             op_s[1] = self.attention_layers(s.prefill_seqs, s.prefill_scores, kv, s.prefill_tokens, self.flops_per_score(false));
@@ -433,13 +485,13 @@ impl Roofline {
             let kv = s.decode_kv - s.decode_seqs;
             op_s[2] = self.attention_layers(s.decode_seqs, s.decode_scores, kv, s.decode_seqs, self.flops_per_score(true));
         }
-        op_s[3] = l * self.gemm(t, self.q_dim, self.hidden);
-        op_s[4] = self.dense_layers * self.swiglu(t, self.inter);
+        op_s[3] = self.times(l, || self.gemm(t, self.q_dim, self.hidden));
+        op_s[4] = self.times(self.dense_layers, || self.swiglu(t, self.inter));
         if let Some(m) = &self.moe {
-            op_s[10] = self.moe_layers * self.moe_layer(m, t);
+            op_s[10] = self.times(self.moe_layers, || self.moe_layer(m, t));
         }
         // Two RMSNorms a layer plus the final one, each reads and writes.
-        op_s[5] = (2.0 * l + 1.0) * 2.0 * t * self.hidden * self.elem / self.bytes_per_s;
+        op_s[5] = self.stream((2.0 * l + 1.0) * 2.0 * t * self.hidden * self.elem);
         op_s[6] = self.gemm16(s.sampled, self.hidden, self.vocab);
         let act_bytes = t * self.hidden * self.elem;
         if self.tp > 1.0 && t > 0.0 {
@@ -502,11 +554,17 @@ impl CostModel for Roofline {
     /// sending the micro-batch's activations to the next stage.
     fn step_cost(&self, s: &BatchShape) -> StepCost {
         let mut op_s = [0.0; OPS.len()];
+        self.work.set((0.0, 0.0));
         if s.tokens > 0 {
             let seqs = (s.prefill_seqs + s.decode_seqs).max(1) as f64;
             let m = if self.pp > 1.0 { self.micro_batches.min(seqs) } else { 1.0 };
-            self.stage_ops(&Sums::of(s, m), &mut op_s);
             let slots = m + self.pp - 1.0;
+            // The work of the step is its m micro-batches' (the bubble
+            // slots take time, not work).
+            self.times(m, || {
+                self.stage_ops(&Sums::of(s, m), &mut op_s);
+                0.0
+            });
             for x in op_s.iter_mut() {
                 *x *= slots;
             }
@@ -515,7 +573,8 @@ impl CostModel for Roofline {
         // vLLM v0 swaps blocks before the forward pass, on the same stream.
         op_s[8] = s.swap_tokens as f64 * self.swap_s_per_token;
         let total: f64 = op_s.iter().sum();
-        StepCost { duration_ns: (total * 1e9).round() as u64, op_s }
+        let (flops, bytes) = self.work.get();
+        StepCost { duration_ns: (total * 1e9).round() as u64, op_s, flops, bytes }
     }
 }
 
@@ -526,7 +585,9 @@ pub struct CostExecutor<C: CostModel> {
 
 impl<C: CostModel> Executor for CostExecutor<C> {
     fn execute(&mut self, step: Step<'_>, outcome: &mut StepOutcome) -> Result<(), ExecuteError> {
-        outcome.duration_ns = self.model.step_cost(&step.plan.shape()).duration_ns;
+        let cost = self.model.step_cost(&step.plan.shape());
+        outcome.duration_ns = cost.duration_ns;
+        outcome.breakdown = Some(cost.breakdown());
         outcome.token_ids.clear();
         // Only the target's forward: speculation, when on, is completed by
         // `spec::SimSpeculator` (drafting time, acceptance draws).
@@ -567,6 +628,18 @@ mod tests {
             / (g.mem_bandwidth_bytes_per_s * spec.memory_efficiency);
         let t = c.duration_ns as f64 * 1e-9;
         assert!(t >= floor_s && t < floor_s * 1.02, "{t} vs {floor_s}");
+        // The charged bytes are the same weights (plus a little KV and
+        // activation traffic), so the step sits far left on the roofline.
+        let weights = floor_s * g.mem_bandwidth_bytes_per_s * spec.memory_efficiency;
+        assert!(c.bytes >= weights && c.bytes < weights * 1.01, "{} vs {weights}", c.bytes);
+        // 2 FLOPs per weight per token over 2 bytes per bf16 weight: about
+        // one FLOP per byte per sequence, here 2 (attention adds a little).
+        let intensity = c.flops / c.bytes;
+        assert!((intensity - 2.0).abs() < 0.05, "{intensity}");
+        let b = c.breakdown();
+        assert_eq!(b.bytes, c.bytes.round() as u64);
+        let parts = b.gemm_ns + b.attention_ns + b.comm_ns + b.overhead_ns;
+        assert!(parts.abs_diff(c.duration_ns) <= 4, "{parts} vs {}", c.duration_ns);
     }
 
     #[test]
@@ -587,6 +660,11 @@ mod tests {
         let t = c.duration_ns as f64 * 1e-9;
         assert!(t > want && t < want * 1.01, "{t} vs {gemm_s} + {attn_s} + {elementwise_s}");
         assert!(c.op_s[1] > 0.0 && c.op_s[2] == 0.0);
+        // FLOPs: the same linear and attention work, plus the LM head's.
+        let head = 2.0 * m.hidden_size as f64 * m.vocab_size as f64;
+        let want_flops = 2.0 * 8192.0 * linear as f64 + 4.0 * (8192.0 * 8193.0 / 2.0) * 4096.0 * 32.0 + head;
+        assert!((c.flops / want_flops - 1.0).abs() < 1e-9, "{} vs {want_flops}", c.flops);
+        assert!(c.breakdown().gemm_ns > c.breakdown().attention_ns);
     }
 
     #[test]

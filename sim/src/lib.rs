@@ -11,6 +11,7 @@ pub mod kv;
 pub mod metrics;
 pub mod model;
 pub mod output;
+pub mod plan;
 pub mod prefix;
 pub mod profile;
 pub mod replica;

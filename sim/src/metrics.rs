@@ -21,11 +21,15 @@ pub struct SloSpec {
     pub tpot_ms: Option<f64>,
     pub e2el_ms: Option<f64>,
     pub percentile: f64,
+    /// Fraction of all requests that must meet every per-request SLO (the
+    /// goodput / throughput ratio DistServe plans for); absent: no bound.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub goodput_fraction: Option<f64>,
 }
 
 impl Default for SloSpec {
     fn default() -> Self {
-        SloSpec { ttft_ms: None, tpot_ms: None, e2el_ms: None, percentile: 99.0 }
+        SloSpec { ttft_ms: None, tpot_ms: None, e2el_ms: None, percentile: 99.0, goodput_fraction: None }
     }
 }
 
@@ -36,6 +40,11 @@ impl SloSpec {
                 if !(v > 0.0 && v.is_finite()) {
                     return Err((format!("slo.{key}"), format!("a positive number of milliseconds, got {v}")));
                 }
+            }
+        }
+        if let Some(f) = self.goodput_fraction {
+            if !(f > 0.0 && f <= 1.0) {
+                return Err(("slo.goodput_fraction".into(), format!("a fraction in (0, 1], got {f}")));
             }
         }
         if !(self.percentile > 0.0 && self.percentile <= 100.0) {
@@ -109,6 +118,25 @@ pub struct StepRecord {
     pub waiting: u32,
     pub running: u32,
     pub preempted: u32,
+    /// The executor's breakdown of the step (`step::StepBreakdown`), when
+    /// it has one: empty columns otherwise.
+    pub gemm_ns: Option<u64>,
+    pub attention_ns: Option<u64>,
+    pub comm_ns: Option<u64>,
+    pub overhead_ns: Option<u64>,
+    pub flops: Option<u64>,
+    pub bytes: Option<u64>,
+}
+
+impl StepRecord {
+    pub fn set_breakdown(&mut self, b: Option<&crate::step::StepBreakdown>) {
+        self.gemm_ns = b.map(|b| b.gemm_ns);
+        self.attention_ns = b.map(|b| b.attention_ns);
+        self.comm_ns = b.map(|b| b.comm_ns);
+        self.overhead_ns = b.map(|b| b.overhead_ns);
+        self.flops = b.map(|b| b.flops);
+        self.bytes = b.map(|b| b.bytes);
+    }
 }
 
 /// What one step's speculative verifies did.
@@ -441,8 +469,16 @@ impl Metrics {
             ("tpot", self.slo.tpot_ms, self.tpot.value_at_percentile_ms(p)),
             ("e2el", self.slo.e2el_ms, self.e2el.value_at_percentile_ms(p)),
         ];
-        let violated: Vec<String> =
+        let mut violated: Vec<String> =
             at_p.iter().filter(|(_, l, v)| l.is_some_and(|l| *v > l)).map(|(k, ..)| k.to_string()).collect();
+        let attainment = if self.completed + rejected + aborted > 0 {
+            self.good as f64 / (self.completed + rejected + aborted) as f64
+        } else {
+            0.0
+        };
+        if self.slo.goodput_fraction.is_some_and(|f| attainment < f) {
+            violated.push("goodput".into());
+        }
         let ttft = self.ttft.stats();
         let tpot = self.tpot.stats();
         let itl = self.itl.stats();
@@ -459,11 +495,7 @@ impl Metrics {
             output_throughput: per_s(self.total_output as f64),
             total_token_throughput: per_s((self.total_input + self.total_output) as f64),
             goodput: per_s(self.good as f64),
-            slo_attainment: if self.completed + rejected + aborted > 0 {
-                self.good as f64 / (self.completed + rejected + aborted) as f64
-            } else {
-                0.0
-            },
+            slo_attainment: attainment,
             slo_percentile: p,
             slo_met: violated.is_empty() && rejected + aborted == 0,
             slo_violated: violated,
@@ -517,6 +549,33 @@ impl Metrics {
             profiled_cost: None,
         })
     }
+}
+
+impl Metrics {
+    /// The latency distributions as CDF points (latency_cdf.csv): for TTFT,
+    /// TPOT, ITL and E2EL, the value at 201 evenly spaced quantiles and at
+    /// 0.995 and 0.999. Empty distributions give no rows.
+    pub fn latency_cdf(&self) -> Vec<CdfPoint> {
+        let mut qs: Vec<f64> = (0..=200).map(|i| i as f64 / 200.0).collect();
+        qs.extend([0.995, 0.999]);
+        qs.sort_by(f64::total_cmp);
+        let mut out = Vec::new();
+        for (metric, d) in [("ttft", &self.ttft), ("tpot", &self.tpot), ("itl", &self.itl), ("e2el", &self.e2el)] {
+            if d.hist.is_empty() {
+                continue;
+            }
+            out.extend(qs.iter().map(|&quantile| CdfPoint { metric, quantile, value_ms: d.quantile_ms(quantile) }));
+        }
+        out
+    }
+}
+
+/// One row of latency_cdf.csv.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CdfPoint {
+    pub metric: &'static str,
+    pub quantile: f64,
+    pub value_ms: f64,
 }
 
 /// requests.csv's columns: times in milliseconds from the run's start.

@@ -1,5 +1,5 @@
 //! A run's directory: `scenario.resolved.toml`, `summary.json`,
-//! `requests.csv` and `steps.csv` (design.md, "A run's outputs"). The
+//! `requests.csv`, `steps.csv` and `latency_cdf.csv` (design.md, "A run's outputs"). The
 //! simulator and the engine write the same files with the same columns.
 
 use std::fs::File;
@@ -43,6 +43,18 @@ pub fn open_run_dir(dir: &Path, loaded: &Loaded, metrics: &mut Metrics) -> Resul
         metrics.write_steps_to(create("steps.csv")?);
     }
     Ok(())
+}
+
+/// latency_cdf.csv: the run's latency distributions as CDF points
+/// (`Metrics::latency_cdf`), for the report's CDF charts.
+pub fn write_latency_cdf(dir: &Path, metrics: &Metrics) -> Result<(), OutputError> {
+    let path = dir.join("latency_cdf.csv");
+    let err = |e: csv::Error| OutputError { path: path.clone(), source: e.into() };
+    let mut w = csv::Writer::from_path(&path).map_err(err)?;
+    for p in metrics.latency_cdf() {
+        w.serialize(p).map_err(err)?;
+    }
+    w.flush().map_err(|source| OutputError { path: path.clone(), source })
 }
 
 pub fn write_summary(dir: &Path, summary: &Summary) -> Result<(), OutputError> {

@@ -458,7 +458,8 @@ impl CostModel for ProfiledCost {
         let t = (table_s + fitted_s - total(&self.roofline.step_cost(&anchor))).max(1e-9);
         // The breakdown is the fitted roofline's, scaled to the total.
         let scale = if fitted_s > 0.0 { t / fitted_s } else { 0.0 };
-        StepCost { duration_ns: (t * 1e9).round() as u64, op_s: fitted.op_s.map(|x| x * scale) }
+        // The work is the fitted roofline's too: only the time is measured.
+        StepCost { duration_ns: (t * 1e9).round() as u64, op_s: fitted.op_s.map(|x| x * scale), ..fitted }
     }
 }
 

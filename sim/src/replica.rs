@@ -61,6 +61,12 @@ impl Replica {
                 waiting: 0,
                 running: 0,
                 preempted: 0,
+                gemm_ns: None,
+                attention_ns: None,
+                comm_ns: None,
+                overhead_ns: None,
+                flops: None,
+                bytes: None,
             },
         }
     }
@@ -223,6 +229,7 @@ impl Replica {
         p.prefill_seqs = prefill_seqs;
         p.prefill_tokens = prefill_tokens;
         p.decode_seqs = decode_seqs;
+        p.set_breakdown(outcome.breakdown.as_ref());
         metrics.on_step(p)?;
 
         if finished == 0 {

@@ -11,6 +11,7 @@ use crate::cost::CostSpec;
 use crate::hardware::{GpuConfig, HardwareSpec, MAX_GPUS};
 use crate::kv::kv_capacity_blocks;
 use crate::metrics::SloSpec;
+use crate::plan::PlanSpec;
 use crate::router::RoutingSpec;
 use crate::model::{ModelConfig, ModelSpec};
 use crate::sched::{Limits, SchedulerSpec};
@@ -52,6 +53,9 @@ pub struct Scenario {
     /// ignores them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub engine: Option<crate::engine_spec::EngineSpec>,
+    /// Capacity-planning candidates and prices (`servetwin plan`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<PlanSpec>,
 }
 
 /// `[parallelism]`: a replica is `tp × pp` GPUs; data parallelism is
@@ -374,6 +378,9 @@ fn validate(s: &Scenario) -> Result<(), (String, String)> {
     s.slo.validate()?;
     if let Some(e) = &s.engine {
         e.validate()?;
+    }
+    if let Some(p) = &s.plan {
+        p.validate()?;
     }
     s.workload.validate().map_err(|e| match e {
         WorkloadError::Invalid { key, value, expected } => (key, format!("expected {expected}, got {value}")),

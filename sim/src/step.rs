@@ -137,6 +137,20 @@ pub struct StepOutcome {
     pub emitted: Vec<u32>,
     /// Part of `duration_ns` spent drafting (0 without speculation).
     pub draft_ns: u64,
+    /// Where the target's forward went, when the executor knows (the cost
+    /// model does); drafting is not in it.
+    pub breakdown: Option<StepBreakdown>,
+}
+
+/// A step's time by kind of work, and the FLOPs and HBM bytes it moved.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StepBreakdown {
+    pub gemm_ns: u64,
+    pub attention_ns: u64,
+    pub comm_ns: u64,
+    pub overhead_ns: u64,
+    pub flops: u64,
+    pub bytes: u64,
 }
 
 /// What an executor is handed for one step: the plan, the replica's running
