@@ -6,7 +6,6 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use servetwin_sim::scenario::Scenario;
 
@@ -19,34 +18,8 @@ pub const SAMPLED_STEPS: u64 = 1500;
 /// Steps written to trace.json per run.
 pub const TRACE_STEPS: usize = 20_000;
 
-/// One row of steps.csv; the breakdown columns are empty for executors
-/// that do not report one.
-#[derive(Debug, Clone, Deserialize)]
-pub struct Step {
-    pub start_ns: u64,
-    pub replica: u32,
-    pub duration_ns: u64,
-    pub prefill_seqs: u32,
-    pub prefill_tokens: u32,
-    pub decode_seqs: u32,
-    pub kv_blocks_used: u32,
-    pub kv_blocks_total: u32,
-    pub waiting: u32,
-    pub running: u32,
-    pub preempted: u32,
-    #[serde(default)]
-    pub gemm_ns: Option<u64>,
-    #[serde(default)]
-    pub attention_ns: Option<u64>,
-    #[serde(default)]
-    pub comm_ns: Option<u64>,
-    #[serde(default)]
-    pub overhead_ns: Option<u64>,
-    #[serde(default)]
-    pub flops: Option<u64>,
-    #[serde(default)]
-    pub bytes: Option<u64>,
-}
+/// One row of steps.csv, as the simulator and the engine write it.
+pub use servetwin_sim::metrics::StepRecord as Step;
 
 /// Duration-weighted sums of one time bucket.
 #[derive(Debug, Clone, Default)]

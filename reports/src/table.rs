@@ -131,7 +131,7 @@ mod tests {
             vec![("a".into(), Value::from(2.5)), ("c".into(), Value::from(false)), ("d".into(), Value::Null)],
         ];
         let mut df = frame(&rows).unwrap();
-        assert_eq!(df.get_column_names_str(), ["a", "b", "c", "d"]);
+        assert_eq!(df.get_column_names(), ["a", "b", "c", "d"]);
         assert_eq!(df.column("a").unwrap().dtype(), &DataType::Float64);
         assert_eq!(df.column("b").unwrap().dtype(), &DataType::String);
         assert_eq!(df.column("c").unwrap().dtype(), &DataType::Boolean);

@@ -104,8 +104,9 @@ impl RequestRecord {
     }
 }
 
-/// One row of steps.csv.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One row of steps.csv (read back by reports: the breakdown columns may be
+/// absent or empty).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StepRecord {
     pub start_ns: u64,
     pub replica: u32,
@@ -120,11 +121,17 @@ pub struct StepRecord {
     pub preempted: u32,
     /// The executor's breakdown of the step (`step::StepBreakdown`), when
     /// it has one: empty columns otherwise.
+    #[serde(default)]
     pub gemm_ns: Option<u64>,
+    #[serde(default)]
     pub attention_ns: Option<u64>,
+    #[serde(default)]
     pub comm_ns: Option<u64>,
+    #[serde(default)]
     pub overhead_ns: Option<u64>,
+    #[serde(default)]
     pub flops: Option<u64>,
+    #[serde(default)]
     pub bytes: Option<u64>,
 }
 
