@@ -338,8 +338,8 @@ fn print_ranking(ranking: &[Row], rate: f64, rated: bool) {
         println!("Cheapest deployment per GPU type meeting every SLO:");
     }
     println!(
-        "{:>4} {:<14} {:>3} {:>8} {:>5} {:>10} {:>12} {:>12} {:>9} {:<10} {}",
-        "rank", "gpu", "tp", "replicas", "GPUs", "US$/hour", "US$/1M out", "max req/s", "headroom", "binds", "knobs"
+        "{:>4} {:<14} {:>3} {:>8} {:>5} {:>10} {:>12} {:>12} {:>9} {:<10} knobs",
+        "rank", "gpu", "tp", "replicas", "GPUs", "US$/hour", "US$/1M out", "max req/s", "headroom", "binds"
     );
     for r in ranking.iter().filter(|r| get(r, "rank").is_some()) {
         let headroom = get(r, "headroom").and_then(Value::as_f64).map_or("—".into(), |h| format!("{:.0} %", 100.0 * h));

@@ -154,6 +154,10 @@ fn write_table(dir: &Path, rows: &BTreeMap<u64, Row>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A point to run: its index, grid values, and the loaded scenario (or why
+/// it did not load).
+type LoadedPoint = (u64, Vec<(String, String)>, Result<Loaded, scenario::ScenarioError>);
+
 pub struct SweepArgs {
     pub scenario: PathBuf,
     pub grid: Vec<String>,
@@ -221,7 +225,7 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(a.jobs.unwrap_or(0)).build()?;
     // Every point is loaded (cheap) before any runs, so a bad key or value
     // stops the sweep at once, naming the point.
-    let loaded: Vec<(u64, Vec<(String, String)>, Result<Loaded, scenario::ScenarioError>)> = pool.install(|| {
+    let loaded: Vec<LoadedPoint> = pool.install(|| {
         todo.par_iter()
             .map(|&i| {
                 let values = point_values(&grid, i);

@@ -30,9 +30,12 @@ fn label_of(dir: &Path) -> String {
     parts.into_iter().rev().collect::<Vec<_>>().join("/")
 }
 
+/// A report's inputs: runs, every point (a run's too), plan rankings.
+pub type Inputs = (Vec<Run>, Vec<Point>, Vec<Point>);
+
 /// Reads the inputs: a directory holding summary.json is a run; one
 /// holding results.parquet a sweep or plan (plan.parquet: its ranking).
-pub fn read_inputs(dirs: &[PathBuf]) -> Result<(Vec<Run>, Vec<Point>, Vec<Point>), ReportError> {
+pub fn read_inputs(dirs: &[PathBuf]) -> Result<Inputs, ReportError> {
     let (mut runs, mut pts, mut plans) = (Vec::new(), Vec::new(), Vec::new());
     for d in dirs {
         let label = label_of(d);

@@ -99,7 +99,7 @@ impl Run {
             let mut r = csv::Reader::from_path(&stp).map_err(|e| bad(&stp, e.to_string()))?;
             for (i, rec) in r.deserialize::<Step>().enumerate() {
                 let s = rec.map_err(|e| bad(&stp, e.to_string()))?;
-                run.add_step(&s, i as u64 % every == 0);
+                run.add_step(&s, (i as u64).is_multiple_of(every));
                 if run.trace.len() < TRACE_STEPS {
                     run.trace.push(s);
                 }
