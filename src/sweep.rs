@@ -172,7 +172,8 @@ pub struct SweepArgs {
 
 /// One point's row: its grid values, then `row::build`'s columns.
 pub fn point_row(keys: &[(String, String)], loaded: &Loaded) -> anyhow::Result<Row> {
-    let summary = simulate(loaded, || loaded.roofline())?;
+    let cost = loaded.cost_model()?;
+    let summary = simulate(loaded, || cost.clone())?;
     let Value::Object(map) = serde_json::to_value(&summary)? else { unreachable!("a summary is an object") };
     let keys = keys.iter().map(|(k, v)| (k.clone(), typed(v))).collect();
     Ok(row::build(keys, &loaded.scenario, &map))

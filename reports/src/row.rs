@@ -47,11 +47,12 @@ pub fn build(keys: Row, s: &Scenario, summary: &Map<String, Value>) -> Row {
     let mut put = |k: &str, v: Value| row.push((k.to_string(), v));
     let gpus = s.hardware.count;
     let tp = s.parallelism.tp.max(1);
+    let per_replica = tp * s.parallelism.pp.max(1);
     put("model", Value::from(s.model.name.clone()));
     put("gpu", Value::from(s.hardware.gpu.clone()));
     put("gpus", Value::from(gpus));
     put("tp", Value::from(tp));
-    put("replicas", Value::from(gpus / tp));
+    put("replicas", Value::from(gpus / per_replica));
     put("policy", name_of(&s.scheduler.policy));
     put("arrival", name_of(&s.workload.arrival));
     let rated = matches!(s.workload.arrival, ArrivalKind::Poisson | ArrivalKind::Constant | ArrivalKind::Gamma);
