@@ -19,6 +19,9 @@
 # dirty tree (ALLOW_DIRTY=1 overrides, and the commit is then marked -dirty).
 # Never edit the outputs by hand; rerun the script.
 #
+# PHASES (default "profile runs validate") picks steps 1-2, 3 and 4, so a
+# campaign can be split across calls (the runs never read the profile).
+#
 # Environment: BIN (default target/release/servetwin), BACKEND (cuda),
 # GPU (h100: the reports/validation/ folder), HW (h100-sxm: the catalog GPU),
 # MODEL (llama-3.1-8b), GRID (default); for a dry run of the flow on a CPU:
@@ -70,11 +73,16 @@ else
     profile=sim/profiles/$HW/$MODEL-bf16.csv
     calib=()
 fi
-echo "== profile → $profile"
-"$BIN" engine profile "${what[@]}" --backend "$BACKEND" --grid "$GRID" --out "$profile"
-"$BIN" calibrate "$profile" "${calib[@]}" --out "${profile%.csv}.calib.toml"
+PHASES=${PHASES:-profile runs validate}
+has() { [[ " $PHASES " == *" $1 "* ]]; }
+if has profile; then
+    echo "== profile → $profile"
+    "$BIN" engine profile "${what[@]}" --backend "$BACKEND" --grid "$GRID" --out "$profile"
+    "$BIN" calibrate "$profile" "${calib[@]}" --out "${profile%.csv}.calib.toml"
+fi
 
 out=reports/validation/$GPU
+if has runs; then
 rm -rf "$out"
 mkdir -p "$out"
 for s in $SCENARIOS; do
@@ -84,6 +92,8 @@ for s in $SCENARIOS; do
     rm -f "$out/$name/tokens.jsonl"
     gpu_meta > "$out/$name/gpu.txt"
 done
+fi
+has validate || exit 0
 
 "$BIN" validate "$out" --profile "$profile" --json "$out/validation.json" | tee "$out/validation.txt"
 du -sh "$out"

@@ -160,5 +160,10 @@ pub fn executor<B: Backend>(backend: B, model: Llama<B>, loaded: &Loaded, clock:
     let spec = s.engine.clone().unwrap_or_default();
     let sampling = Sampling { seed: s.seed, temperature: spec.temperature as f32, top_p: spec.top_p as f32 };
     let block_size = s.scheduler.block_size_tokens;
-    EngineExecutor::new(backend, model, loaded.kv_blocks_per_replica, block_size, sampling, loaded.limits.conversations, clock)
+    let exec = EngineExecutor::new(backend, model, loaded.kv_blocks_per_replica, block_size, sampling, loaded.limits.conversations, clock)?;
+    // After the KV pool: the warm-up's buffers come out of the activation
+    // reserve, as a step's do.
+    let l = &loaded.limits;
+    exec.model.warm_up(&exec.backend, l.max_num_batched_tokens as usize, l.max_num_seqs as usize)?;
+    Ok(exec)
 }

@@ -117,6 +117,18 @@ impl<B: Backend> Llama<B> {
         b.linear(&rows, self.lm_head.as_ref().unwrap_or(&self.embed))
     }
 
+    /// Warms every GEMM shape of the model (layers share theirs): up to
+    /// `max_tokens` rows for the layers', `max_seqs` for the LM head's.
+    pub fn warm_up(&self, b: &B, max_tokens: usize, max_seqs: usize) -> Result<()> {
+        if let Some(l) = self.layers.first() {
+            for w in [&l.qkv, &l.o, &l.gate_up, &l.down] {
+                b.warm_linear(w, max_tokens)?;
+            }
+        }
+        b.warm_linear(self.lm_head.as_ref().unwrap_or(&self.embed), max_seqs)?;
+        b.synchronize()
+    }
+
     /// Positions the rotary table covers.
     pub fn max_positions(&self) -> u32 {
         self.max_positions

@@ -215,6 +215,30 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
+/// Stops the device's stream-ordered pool from handing its memory back to
+/// the driver at every synchronisation (its default release threshold is
+/// 0): an engine syncs once a step, and re-mapping a step's activations
+/// each time costs time that varies with the step's size. The pool then
+/// keeps at most the largest step's activations, which the KV pool's
+/// sizing already leaves free (vLLM's caching allocator does the same).
+fn keep_pool_memory(ctx: &CudaContext) -> Result<()> {
+    use cudarc::driver::sys;
+    let threshold = u64::MAX;
+    // SAFETY: the pool handle comes from the driver for this context's
+    // device; the attribute takes a u64.
+    unsafe {
+        let mut pool = std::ptr::null_mut();
+        sys::cuDeviceGetDefaultMemPool(&mut pool, ctx.cu_device()).result()?;
+        sys::cuMemPoolSetAttribute(
+            pool,
+            sys::CUmemPool_attribute::CU_MEMPOOL_ATTR_RELEASE_THRESHOLD,
+            &threshold as *const u64 as *mut std::ffi::c_void,
+        )
+        .result()?;
+    }
+    Ok(())
+}
+
 impl Gpu {
     /// Opens device `ordinal`, compiles (or reuses) the kernels, creates the
     /// stream and cuBLASLt handle. "no CUDA driver found" on machines without
@@ -233,6 +257,7 @@ impl Gpu {
         })?;
         let arch = format!("sm_{}{}", cc.0, cc.1);
         let stream = ctx.new_stream()?;
+        keep_pool_memory(&ctx)?;
         let mut functions = HashMap::new();
         for (name, cubin) in compiled_modules(&arch)? {
             let module = ctx.load_module(Ptx::from_binary(cubin.as_ref().clone()))?;

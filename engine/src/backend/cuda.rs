@@ -202,6 +202,11 @@ impl Backend for CudaBackend {
         Ok(GpuTensor { buf: out, rows: x.rows, cols: x.cols })
     }
 
+    fn warm_linear(&self, w: &GpuTensor, max_rows: usize) -> Result<()> {
+        self.gpu.warm_gemm(&w.buf, w.cols, w.rows, max_rows).map_err(err)?;
+        Ok(())
+    }
+
     fn linear(&self, x: &GpuTensor, w: &GpuTensor) -> Result<GpuTensor> {
         let mut y = self.alloc(x.rows * w.rows)?;
         // No rows: a step of prefill chunks none of which samples yet has no

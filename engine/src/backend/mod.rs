@@ -168,6 +168,12 @@ pub trait Backend {
     fn rms_norm(&self, x: &Self::Tensor, w: &Self::Weight, eps: f64) -> Result<Self::Tensor>;
     /// residual += x, then RMSNorm(residual) · w.
     fn add_rms_norm(&self, x: &Self::Tensor, residual: &mut Self::Tensor, w: &Self::Weight, eps: f64) -> Result<Self::Tensor>;
+    /// Prepares `linear` with `w` for every row count up to `max_rows`
+    /// (a GPU chooses its GEMM algorithms and loads their kernels), so
+    /// that the first step of a new size costs what later ones do.
+    fn warm_linear(&self, _w: &Self::Weight, _max_rows: usize) -> Result<()> {
+        Ok(())
+    }
     /// x · wᵀ.
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor>;
     /// From fused [q | k | v] rows: rotates q and k by their positions,
