@@ -118,7 +118,14 @@ impl<B: Backend> EngineExecutor<B> {
         self.batch.clear(self.batch.block_size);
         self.params.clear();
         self.sampled_items.clear();
-        for (idx, it) in step.plan.items.iter().enumerate() {
+        // Single-token items first: the CUDA backend then runs a mixed step's
+        // decode rows through the decode attention kernel and the rest
+        // through the prefill kernel (`GpuMeta::split`). Row order changes
+        // no result; sampled ids go back in plan order below.
+        let items = &step.plan.items;
+        let order = (0..items.len()).filter(|&i| items[i].new_tokens == 1).chain((0..items.len()).filter(|&i| items[i].new_tokens != 1));
+        for idx in order {
+            let it = &items[idx];
             if it.draft_tokens > 0 {
                 return Err(EngineError::Unsupported { key: "speculative".into(), msg: "the engine does not speculate".into() });
             }
@@ -139,14 +146,16 @@ impl<B: Backend> EngineExecutor<B> {
         let logits = self.model.forward(b, &meta, &mut self.kv)?;
         let ids = if self.params.is_empty() { Vec::new() } else { b.sample(&logits, &self.params)? };
         b.synchronize()?;
-        for (&idx, &id) in self.sampled_items.iter().zip(&ids) {
+        let mut ids: Vec<(usize, u32)> = self.sampled_items.iter().copied().zip(ids).collect();
+        ids.sort_unstable_by_key(|&(idx, _)| idx);
+        for &(idx, id) in &ids {
             let seq = &step.running[step.plan.items[idx].slot as usize];
             if let (Some(answer), Some(log)) = (self.tokens.push(seq, id), self.log.as_mut()) {
                 let line = serde_json::json!({ "id": seq.id, "tokens": answer });
                 writeln!(log, "{line}").map_err(|e| EngineError::Backend(format!("writing tokens.jsonl: {e}")))?;
             }
         }
-        outcome.token_ids = ids;
+        outcome.token_ids = ids.into_iter().map(|(_, id)| id).collect();
         outcome.emitted.clear();
         outcome.draft_ns = 0;
         Ok(())

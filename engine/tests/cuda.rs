@@ -112,8 +112,10 @@ fn paged_attention_matches_for_every_head_shape() {
         let (rc, rg) = (c.rope(&table, 4200, hd).unwrap(), g.rope(&table, 4200, hd).unwrap());
         let (mut kc, mut kg) = (c.kv_cache(512, 16, nkv, hd).unwrap(), g.kv_cache(512, 16, nkv, hd).unwrap());
         let width = ((nq + 2 * nkv) * hd) as usize;
-        // A prefill mix fills the caches, then a decode batch reads them.
-        for (step, seqs) in [vec![(33u32, 0u32), (16, 0), (7, 0)], vec![(1, 33), (1, 16), (1, 7)], vec![(40, 34), (3, 17), (1, 8)]].iter().enumerate() {
+        // A prefill mix fills the caches, then a decode batch reads them,
+        // then mixed steps: decode rows last (one kernel), and first (the
+        // decode and prefill kernels on their parts).
+        for (step, seqs) in [vec![(33u32, 0u32), (16, 0), (7, 0)], vec![(1, 33), (1, 16), (1, 7)], vec![(40, 34), (3, 17), (1, 8)], vec![(1, 74), (1, 20), (5, 9)]].iter().enumerate() {
             let b = batch(seqs, 100, true);
             let qkv = random(b.num_tokens() * width, 11 + step as u64 + hd as u64, 1.0);
             let (mc_, mg_) = (c.meta(&b).unwrap(), g.meta(&b).unwrap());
