@@ -390,6 +390,30 @@ fn gemm_matches_reference() {
 }
 
 #[test]
+fn warmed_gemm_matches_reference_at_every_token_count() {
+    let Some(g) = gpu() else { return };
+    // Every count a serving step can have up to 300 (cuBLASLt picks a
+    // different algorithm across them), after the start-up warm-up; a row's
+    // result does not depend on the others, so one reference serves all.
+    const MAX: usize = 300;
+    for (k, n) in [(512usize, 1024usize), (1024, 512)] {
+        let mut r = rng((k + n) as u64);
+        let x = rand_bf16(&mut r, MAX * k, 1.0);
+        let w = rand_bf16(&mut r, n * k, 1.0);
+        let want = reference::gemm(&f32s(&x), &f32s(&w), MAX, k, n);
+        let (dx, dw) = (g.upload(&x).unwrap(), g.upload(&w).unwrap());
+        let runs = g.warm_gemm(&dw, k, n, MAX).unwrap();
+        println!("{k}→{n}: warm-up ran {runs} distinct GEMMs over {MAX} counts");
+        let abs = 1e-3 * (k as f32).sqrt();
+        for tokens in 1..=MAX {
+            let mut y = nan_bf16(g, tokens * n);
+            g.gemm(&dx, &dw, &mut y, tokens, k, n).unwrap();
+            assert_close(&format!("gemm {tokens}×{k}×{n}"), &download_f32(g, &y), &want[..tokens * n], abs, BF16_ULP);
+        }
+    }
+}
+
+#[test]
 fn launchers_reject_mismatched_buffers() {
     let Some(g) = gpu() else { return };
     let x = g.zeros::<bf16>(64).unwrap();

@@ -9,7 +9,10 @@
 //! clamped to (0, 1]; for each candidate the fixed step overhead has a
 //! closed form (the weighted least-squares offset, at least 0). Decode rows
 //! pin the memory efficiency, long prefill chunks the GEMM efficiency, and
-//! chunks over long contexts the attention efficiency.
+//! chunks over long contexts the attention efficiency. The GEMMs' token
+//! tile (`CostSpec::gemm_token_tile`) is chosen among [`TOKEN_TILES`] by the
+//! same loss: the profile's mixed rows (a chunk plus decodes, just past a
+//! tile edge) are what tell the candidates apart.
 
 use crate::cost::{CostModel, CostSpec, Roofline};
 use crate::hardware::GpuConfig;
@@ -34,8 +37,22 @@ pub struct Fit {
 /// GPU's peaks lands near 1e-4).
 const MIN_EFFICIENCY: f64 = 1e-7;
 
-/// Fits `[cost]`'s efficiencies and overhead to `rows`.
+/// Token tiles `fit` considers: none, and the token-dimension tiles of
+/// cuBLASLt's Hopper bf16 kernels.
+pub const TOKEN_TILES: [u32; 4] = [1, 64, 128, 256];
+
+/// Fits `[cost]`'s efficiencies, overhead and GEMM token tile to `rows`.
 pub fn fit(rows: &[ProfileRow], model: &ModelConfig, gpu: &GpuConfig, base: &CostSpec) -> Fit {
+    TOKEN_TILES
+        .iter()
+        .map(|&tile| fit_tile(rows, model, gpu, &CostSpec { gemm_token_tile: tile, ..base.clone() }))
+        .min_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(f, _)| f)
+        .expect("TOKEN_TILES is not empty")
+}
+
+/// `fit` with `base`'s token tile; also returns the loss.
+fn fit_tile(rows: &[ProfileRow], model: &ModelConfig, gpu: &GpuConfig, base: &CostSpec) -> (Fit, f64) {
     let shapes: Vec<(BatchShape, f64)> = rows.iter().map(|r| (r.shape(), r.median_ns as f64 * 1e-9)).collect();
     let spec_at = |x: &[f64; 3]| {
         let e = |v: f64| v.exp().clamp(MIN_EFFICIENCY, 1.0);
@@ -72,7 +89,7 @@ pub fn fit(rows: &[ProfileRow], model: &ModelConfig, gpu: &GpuConfig, base: &Cos
     let mut best = nelder_mead(|x| solve(x).1, start, 0.5, 400);
     // A restart from the optimum escapes a collapsed simplex.
     best = nelder_mead(|x| solve(x).1, best, 0.1, 400);
-    let (spec, _) = solve(&best);
+    let (spec, loss) = solve(&best);
     let r = Roofline::new(model, gpu, &spec);
     let ape: Vec<(RowKind, f64)> = rows
         .iter()
@@ -88,7 +105,7 @@ pub fn fit(rows: &[ProfileRow], model: &ModelConfig, gpu: &GpuConfig, base: &Cos
             (!v.is_empty()).then(|| (k, v.len(), mean(&v)))
         })
         .collect();
-    Fit { spec, points: rows.len(), mape_pct: mean(&all), max_ape_pct: all.iter().copied().fold(0.0, f64::max), by_kind }
+    (Fit { spec, points: rows.len(), mape_pct: mean(&all), max_ape_pct: all.iter().copied().fold(0.0, f64::max), by_kind }, loss)
 }
 
 /// Minimises `f` over R³ from `x0` (simplex of size `step`), `iters` steps.
@@ -147,6 +164,7 @@ pub fn to_toml(fit: &Fit, source: &str) -> String {
     out += &format!("attention_efficiency = {:.6}\n", s.attention_efficiency);
     out += &format!("memory_efficiency = {:.6}\n", s.memory_efficiency);
     out += &format!("step_overhead_us = {:.3}\n", s.step_overhead_us);
+    out += &format!("gemm_token_tile = {}\n", s.gemm_token_tile);
     out
 }
 

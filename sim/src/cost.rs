@@ -47,6 +47,13 @@ pub struct CostSpec {
     /// over the mean (1: uniform routing). DeepSeek-V3 balances to near 1
     /// with its auxiliary-loss-free bias; 1.0 here is an assumption.
     pub moe_imbalance: f64,
+    /// Token rows a linear layer's GEMM computes in: t tokens cost
+    /// ⌈t / tile⌉ × tile rows of math, as tensor-core kernels tile the token
+    /// dimension (cuBLASLt's Hopper kernels by 64–256). It is why a
+    /// 528-token chunked-prefill step (512 + 16 decodes) costs more than
+    /// interpolating between 512 and 1024 tokens says. 1 (no tiling) until
+    /// `servetwin calibrate` picks it from a profile's mixed rows.
+    pub gemm_token_tile: u32,
     /// The step-time table `kind = "profiled"` interpolates (a profile CSV
     /// written by `servetwin engine profile`), relative to the scenario file.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -72,6 +79,7 @@ impl Default for CostSpec {
             allreduce_latency_us: 10.0,
             dequant_overhead: 0.15,
             moe_imbalance: 1.0,
+            gemm_token_tile: 1,
             profile: None,
         }
     }
@@ -94,6 +102,9 @@ impl CostSpec {
         }
         if !(1.0..=1e3).contains(&self.moe_imbalance) {
             return Err(("cost.moe_imbalance".into(), format!("a ratio in [1, 1000], got {}", self.moe_imbalance)));
+        }
+        if !(1..=4096).contains(&self.gemm_token_tile) {
+            return Err(("cost.gemm_token_tile".into(), format!("a number of tokens in [1, 4096], got {}", self.gemm_token_tile)));
         }
         // Bounded (a second) so simulated time stays far from overflow.
         for (key, v) in [("step_overhead_us", self.step_overhead_us), ("allreduce_latency_us", self.allreduce_latency_us)] {
@@ -214,6 +225,8 @@ pub struct Roofline {
     /// Peak × efficiency of the linear layers' GEMMs (in `gemm_math`), of
     /// 16-bit GEMMs (LM head), of attention.
     flops_per_s: f64,
+    /// `CostSpec::gemm_token_tile`.
+    token_tile: f64,
     bf16_flops_per_s: f64,
     bytes_per_s: f64,
     attn_flops_per_s: f64,
@@ -294,6 +307,7 @@ impl Roofline {
             dense_layers: layers - model.moe_layers() as f64,
             moe_layers: model.moe_layers() as f64,
             flops_per_s: peak * spec.gemm_efficiency,
+            token_tile: spec.gemm_token_tile.max(1) as f64,
             bf16_flops_per_s: gpu.bf16_flops_per_s * spec.gemm_efficiency,
             bytes_per_s: gpu.mem_bandwidth_bytes_per_s * spec.memory_efficiency,
             attn_flops_per_s: gpu.bf16_flops_per_s * spec.attention_efficiency,
@@ -383,7 +397,9 @@ impl Roofline {
         let flops = 2.0 * tokens * k * n;
         let bytes = weights * self.weight_bytes + tokens * (k + n) * self.elem;
         self.charge(flops, bytes);
-        (flops * self.dequant / self.flops_per_s).max(bytes / self.bytes_per_s)
+        // The work charged is the real one; the time is the tiles'.
+        let tiled = (tokens / self.token_tile).ceil() * self.token_tile;
+        (2.0 * tiled * k * n * self.dequant / self.flops_per_s).max(bytes / self.bytes_per_s)
     }
 
     /// Attention of one layer over `scores` query·key pairs at
