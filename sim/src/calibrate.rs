@@ -220,10 +220,21 @@ mod tests {
         assert!(close(s.attention_efficiency, 0.31), "{s:?}");
         assert!(close(s.memory_efficiency, 0.83), "{s:?}");
         assert!((s.step_overhead_us - 350.0).abs() < 5.0, "{s:?}");
+        assert_eq!(s.gemm_token_tile, 1, "{s:?}");
         assert!(f.mape_pct < 0.5, "{f:?}");
         let t = to_toml(&f, "synthetic.csv");
         let back: toml::Value = toml::from_str(&t).unwrap();
         assert!((back["cost"]["memory_efficiency"].as_float().unwrap() - s.memory_efficiency).abs() < 1e-6);
+    }
+
+    #[test]
+    fn recovers_a_gemm_token_tile() {
+        let truth = CostSpec { gemm_efficiency: 0.62, gemm_token_tile: 128, ..Default::default() };
+        let (rows, m, g) = synthetic(&truth);
+        let f = fit(&rows, &m, &g, &CostSpec::default());
+        assert_eq!(f.spec.gemm_token_tile, 128, "{:?}", f.spec);
+        assert!(f.mape_pct < 0.5, "{f:?}");
+        assert!(to_toml(&f, "synthetic.csv").contains("gemm_token_tile = 128"));
     }
 
     #[test]
