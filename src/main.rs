@@ -237,6 +237,14 @@ enum EngineCommand {
 
 /// Bad input exits 2 (design.md); anything else that fails exits 1.
 fn main() -> ExitCode {
+    // Output into a closed pipe (`servetwin simulate … | head`) ends the
+    // process quietly, as Unix tools do, instead of panicking in println!.
+    #[cfg(unix)]
+    // SAFETY: restoring the default disposition of one signal, before any
+    // thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,

@@ -682,3 +682,16 @@ fn impossible_parallel_layouts_are_refused() {
     expect_bad_input("[model]\nname = \"llama-3.2-1b\"\n[hardware]\ncount = 32\n[parallelism]\npp = 32\n", &[], &["parallelism.pp", "16 layers"]);
     expect_bad_input("[model]\nname = \"llama-3.1-70b\"\nweight_dtype = \"int3\"\n", &[], &["{file}:3:", "model.weight_dtype"]);
 }
+
+#[test]
+fn a_closed_pipe_ends_the_output_quietly() {
+    use std::process::{Command as Std, Stdio};
+    let (bin, dir) = (assert_cmd::cargo::cargo_bin("servetwin"), TempDir::new().unwrap());
+    let mut child = Std::new(bin).arg("simulate").arg(quickstart()).arg("--out").arg(dir.path())
+        .stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    // The reader goes away before the summary is printed, as `| head -0` does.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = text(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
