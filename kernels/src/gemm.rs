@@ -298,7 +298,8 @@ impl Gpu {
                 runs += 1;
                 continue;
             }
-            let key = self.plan_key::<bf16>(&x, w, &mut y, tokens, in_features, out_features)?;
+            let ptrs = self.gemm_operands(&x, w, &mut y, tokens, in_features, out_features)?;
+            let key = Self::plan_key::<bf16>(ptrs, tokens, in_features, out_features)?;
             if seen.insert(self.blas.ensure_plan(key, sys::cudaDataType::CUDA_R_16BF)?) {
                 self.gemm_cublaslt(&x, w, &mut y, tokens, in_features, out_features)?;
                 runs += 1;
@@ -307,16 +308,8 @@ impl Gpu {
         Ok(runs)
     }
 
-    fn plan_key<O: GemmOut>(
-        &self,
-        x: &impl DevicePtr<bf16>,
-        w: &impl DevicePtr<bf16>,
-        y: &mut impl DevicePtrMut<O>,
-        tokens: usize,
-        in_features: usize,
-        out_features: usize,
-    ) -> Result<PlanKey> {
-        let (xp, wp, yp) = self.gemm_operands(x, w, y, tokens, in_features, out_features)?;
+    /// The plan cache's key for a GEMM on these device addresses.
+    fn plan_key<O: GemmOut>((xp, wp, yp): (u64, u64, u64), tokens: usize, in_features: usize, out_features: usize) -> Result<PlanKey> {
         let key = PlanKey {
             tokens: tokens as u64,
             in_features: in_features as u64,
@@ -340,8 +333,8 @@ impl Gpu {
         in_features: usize,
         out_features: usize,
     ) -> Result<()> {
-        let key = self.plan_key(x, w, y, tokens, in_features, out_features)?;
         let (xp, wp, yp) = self.gemm_operands(x, w, y, tokens, in_features, out_features)?;
+        let key = Self::plan_key::<O>((xp, wp, yp), tokens, in_features, out_features)?;
         let stream = &self.stream;
         // cuBLASLt runs in the calling thread's current context.
         self.ctx.bind_to_thread()?;
