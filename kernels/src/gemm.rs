@@ -1,19 +1,16 @@
 //! Dense linear layers on cuBLASLt: `y[T, out] = x[T, in] · Wᵀ` with W in
 //! HuggingFace layout `[out, in]`, bf16 operands, fp32 accumulation, bf16 or
-//! f32 output. Descriptors and the heuristic's algorithm are cached per
-//! shape, so a steady-state call is one `cublasLtMatmul`.
+//! f32 output. Descriptors are cached per shape so a steady-state call is
+//! one `cublasLtMatmul`.
 //!
-//! A serving engine meets a new prefill length nearly every step, and a
-//! first GEMM at a new length paid the heuristic query (~0.15 ms) and, when
-//! the algorithm's kernel had not run yet, its lazy load (~4 ms) — 17 ms on
-//! a 7 ms step of Llama-3.1-8B on the H100 (`gemm_first_call`), which made
-//! prefill steps in serving runs up to 2× slower than the same shapes in
-//! the (warmed, repeated) profile. [`Gpu::warm_gemm`] therefore plans every
-//! token count at start-up and runs each distinct algorithm once, as
-//! TensorRT-LLM's GEMM plugin profiles its token ranges when it builds.
-//! Algorithms stay exact per count: reusing one chosen for a larger count
-//! is what TensorRT-LLM does, but an earlier version of this file that did
-//! so failed the whole-model test on the H100.
+//! The algorithm is chosen once per *bucket* of token counts ([`bucket`]),
+//! not per count: a serving engine meets a new prefill length nearly every
+//! step, and a first GEMM at a new length paid the heuristic query and the
+//! lazy load of a kernel image it had not run yet — 1.4 to 13 ms on top of
+//! a 7 ms step on the H100, which made prefill steps in serving runs slower
+//! than the same shapes in the (warmed-up, repeated) profile.
+//! [`Gpu::warm_gemm`] runs every bucket of a weight once at start-up, so in
+//! serving every count finds its algorithm and its kernel loaded.
 
 use std::collections::HashMap;
 use std::ffi::c_void;
@@ -66,6 +63,20 @@ struct PlanKey {
     align: u32,
 }
 
+/// Token counts sharing one algorithm: exact up to 32, then rounded up to
+/// 32, 128 and 512 as counts grow (71 buckets up to 8192). The bucket's
+/// algorithm was chosen for its largest count, so it tiles every smaller
+/// count of the bucket too (checked by `cublasLtMatmulAlgoCheck`).
+pub fn bucket(tokens: usize) -> usize {
+    let step = match tokens {
+        0..=32 => 1,
+        33..=512 => 32,
+        513..=2048 => 128,
+        _ => 512,
+    };
+    tokens.div_ceil(step) * step
+}
+
 /// One shape's descriptors and chosen algorithm.
 struct Plan {
     desc: sys::cublasLtMatmulDesc_t,
@@ -92,6 +103,9 @@ pub(crate) struct Blas {
     handle: sys::cublasLtHandle_t,
     workspace: CudaSlice<u8>,
     plans: Mutex<HashMap<PlanKey, Plan>>,
+    /// The heuristic's algorithm per bucket (`PlanKey::tokens` = the
+    /// bucket's largest count).
+    algos: Mutex<HashMap<PlanKey, sys::cublasLtMatmulAlgo_t>>,
 }
 
 // SAFETY: the handle and descriptors are used under the `plans` lock or only
@@ -117,7 +131,7 @@ impl Blas {
     pub(crate) fn new(stream: Arc<CudaStream>) -> Result<Blas> {
         let handle = result::create_handle().map_err(|e| blas_err("create handle", e))?;
         let workspace = stream.alloc_zeros::<u8>(WORKSPACE_BYTES)?;
-        Ok(Blas { handle, workspace, plans: Mutex::new(HashMap::new()) })
+        Ok(Blas { handle, workspace, plans: Mutex::new(HashMap::new()), algos: Mutex::new(HashMap::new()) })
     }
 
     /// Descriptors for exactly `key`'s shape, with no algorithm yet.
@@ -186,20 +200,33 @@ impl Blas {
         }
     }
 
-    /// `key`'s plan: its descriptors and the heuristic's first choice.
-    fn plan(&self, key: PlanKey, out_type: sys::cudaDataType) -> Result<Plan> {
-        let mut plan = Self::descriptors(key, out_type)?;
-        plan.algo = self.heuristic(&plan, key.align)?;
-        Ok(plan)
+    /// Whether `algo` runs `plan`'s exact shape within the workspace.
+    fn algo_fits(&self, plan: &Plan, algo: &sys::cublasLtMatmulAlgo_t) -> bool {
+        // SAFETY: descriptors are live; `out` is written by the call.
+        unsafe {
+            let mut out: sys::cublasLtMatmulHeuristicResult_t = std::mem::zeroed();
+            let status = sys::cublasLtMatmulAlgoCheck(self.handle, plan.desc, plan.a, plan.b, plan.c, plan.c, algo, &mut out);
+            status == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && out.workspaceSize <= WORKSPACE_BYTES
+        }
     }
 
-    /// Plans `key` if it is new; returns its algorithm's bytes.
-    fn ensure_plan(&self, key: PlanKey, out_type: sys::cudaDataType) -> Result<[u64; 8]> {
-        let mut plans = self.plans.lock().expect("plan lock");
-        if let std::collections::hash_map::Entry::Vacant(e) = plans.entry(key) {
-            e.insert(self.plan(key, out_type)?);
-        }
-        Ok(plans[&key].algo.data)
+    /// `key`'s plan: its own descriptors, its bucket's algorithm (chosen
+    /// on first use of the bucket), or its own heuristic choice where the
+    /// bucket's does not fit it.
+    fn plan(&self, key: PlanKey, out_type: sys::cudaDataType) -> Result<Plan> {
+        let mut plan = Self::descriptors(key, out_type)?;
+        let bkey = PlanKey { tokens: bucket(key.tokens as usize) as u64, ..key };
+        let mut algos = self.algos.lock().expect("algo lock");
+        let algo = match algos.get(&bkey) {
+            Some(a) => *a,
+            None => {
+                let a = if bkey == key { self.heuristic(&plan, key.align)? } else { self.heuristic(&Self::descriptors(bkey, out_type)?, key.align)? };
+                algos.insert(bkey, a);
+                a
+            }
+        };
+        plan.algo = if bkey == key || self.algo_fits(&plan, &algo) { algo } else { self.heuristic(&plan, key.align)? };
+        Ok(plan)
     }
 }
 
@@ -280,45 +307,24 @@ impl Gpu {
         Ok((xp, wp, yp))
     }
 
-    /// Plans `w` ([out, in]) for every token count up to `max_tokens` and
-    /// runs each distinct algorithm once (loading its kernel), so that
-    /// serving never pays either (see the module docs). Returns the GEMMs
-    /// run.
+    /// Runs `w` ([out, in]) once at the largest count of every token bucket
+    /// up to `max_tokens`, so that serving never pays a first GEMM's
+    /// algorithm choice and kernel load (see the module docs). Returns the
+    /// GEMMs run.
     pub fn warm_gemm(&self, w: &impl DevicePtr<bf16>, in_features: usize, out_features: usize, max_tokens: usize) -> Result<usize> {
         if max_tokens == 0 {
             return Ok(0);
         }
         let x = self.stream.alloc_zeros::<bf16>(max_tokens * in_features)?;
         let mut y = self.stream.alloc_zeros::<bf16>(max_tokens * out_features)?;
-        let mut seen = std::collections::HashSet::new();
-        let mut runs = 0;
-        for tokens in 1..=max_tokens {
-            if tokens <= GEMV_MAX_TOKENS {
-                self.gemm(&x, w, &mut y, tokens, in_features, out_features)?;
-                runs += 1;
-                continue;
-            }
-            let ptrs = self.gemm_operands(&x, w, &mut y, tokens, in_features, out_features)?;
-            let key = Self::plan_key::<bf16>(ptrs, tokens, in_features, out_features)?;
-            if seen.insert(self.blas.ensure_plan(key, sys::cudaDataType::CUDA_R_16BF)?) {
-                self.gemm_cublaslt(&x, w, &mut y, tokens, in_features, out_features)?;
-                runs += 1;
-            }
+        let (mut m, mut runs) = (1, 0);
+        while m <= max_tokens {
+            let b = bucket(m);
+            self.gemm(&x, w, &mut y, b.min(max_tokens), in_features, out_features)?;
+            runs += 1;
+            m = b + 1;
         }
         Ok(runs)
-    }
-
-    /// The plan cache's key for a GEMM on these device addresses.
-    fn plan_key<O: GemmOut>((xp, wp, yp): (u64, u64, u64), tokens: usize, in_features: usize, out_features: usize) -> Result<PlanKey> {
-        let key = PlanKey {
-            tokens: tokens as u64,
-            in_features: in_features as u64,
-            out_features: out_features as u64,
-            out_f32: O::DTYPE == sys::cudaDataType::CUDA_R_32F,
-            align: alignment(xp).min(alignment(wp)).min(alignment(yp)),
-        };
-        ensure(key.align >= 2, || "gemm: buffers must be 2-byte aligned".into())?;
-        Ok(key)
     }
 
     /// [`Gpu::gemm`] on cuBLASLt whatever the token count (the benchmark's
@@ -334,8 +340,15 @@ impl Gpu {
         out_features: usize,
     ) -> Result<()> {
         let (xp, wp, yp) = self.gemm_operands(x, w, y, tokens, in_features, out_features)?;
-        let key = Self::plan_key::<O>((xp, wp, yp), tokens, in_features, out_features)?;
         let stream = &self.stream;
+        let key = PlanKey {
+            tokens: tokens as u64,
+            in_features: in_features as u64,
+            out_features: out_features as u64,
+            out_f32: O::DTYPE == sys::cudaDataType::CUDA_R_32F,
+            align: alignment(xp).min(alignment(wp)).min(alignment(yp)),
+        };
+        ensure(key.align >= 2, || "gemm: buffers must be 2-byte aligned".into())?;
         // cuBLASLt runs in the calling thread's current context.
         self.ctx.bind_to_thread()?;
         let blas = &self.blas;

@@ -392,9 +392,10 @@ fn gemm_matches_reference() {
 #[test]
 fn warmed_gemm_matches_reference_at_every_token_count() {
     let Some(g) = gpu() else { return };
-    // Every count a serving step can have up to 300 (cuBLASLt picks a
-    // different algorithm across them), after the start-up warm-up; a row's
-    // result does not depend on the others, so one reference serves all.
+    // Every count a serving step can have up to 300, after the start-up
+    // warm-up: each runs its bucket's algorithm (chosen for the bucket's
+    // largest count), which must be right for it too. A row's result does
+    // not depend on the others, so one reference serves all.
     const MAX: usize = 300;
     for (k, n) in [(512usize, 1024usize), (1024, 512)] {
         let mut r = rng((k + n) as u64);
@@ -403,7 +404,7 @@ fn warmed_gemm_matches_reference_at_every_token_count() {
         let want = reference::gemm(&f32s(&x), &f32s(&w), MAX, k, n);
         let (dx, dw) = (g.upload(&x).unwrap(), g.upload(&w).unwrap());
         let runs = g.warm_gemm(&dw, k, n, MAX).unwrap();
-        println!("{k}→{n}: warm-up ran {runs} distinct GEMMs over {MAX} counts");
+        println!("{k}→{n}: warm-up ran {runs} GEMMs (one per bucket) up to {MAX} tokens");
         let abs = 1e-3 * (k as f32).sqrt();
         for tokens in 1..=MAX {
             let mut y = nan_bf16(g, tokens * n);

@@ -17,7 +17,7 @@ use servetwin_kernels::Gpu;
 const SHAPES: [(&str, usize, usize); 4] =
     [("qkv", 4096, 6144), ("o", 4096, 4096), ("gate_up", 4096, 28672), ("down", 14336, 4096)];
 
-/// Token counts a chat workload's prefills produce.
+/// Token counts a chat workload's prefills produce (none a bucket's edge).
 const COUNTS: [usize; 6] = [53, 106, 211, 437, 1001, 3001];
 const MAX_TOKENS: usize = 8192;
 
@@ -52,8 +52,8 @@ fn main() -> Result<()> {
             cold.push((k, t, c, a));
         }
     }
-    // Warmed: every count planned and each algorithm run once, then counts
-    // one above the cold ones (not run before, but planned).
+    // Warmed: every bucket run once, then counts one above the cold ones
+    // (new exact shapes, known buckets).
     let t = Instant::now();
     let mut runs = 0;
     for (k, &(_, i, o)) in SHAPES.iter().enumerate() {
