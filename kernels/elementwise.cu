@@ -139,3 +139,16 @@ extern "C" __global__ void fill_uniform_bf16(bf16* __restrict__ out, i64 n, unsi
         out[i] = __float2bfloat16_rn(((h >> 8) * (1.f / 16777216.f) * 2.f - 1.f) * scale);
     }
 }
+
+// dst[r, p * cols + c] = src[p, r, c]: the parts an all-gather stacks
+// (each rank's [rows, cols] logits) joined side by side per row.
+extern "C" __global__ void interleave_parts_bf16(const bf16* __restrict__ src, bf16* __restrict__ dst, int parts, int rows,
+                                                 int cols) {
+    const i64 total = (i64)parts * rows * cols;
+    for (i64 i = (i64)blockIdx.x * blockDim.x + threadIdx.x; i < total; i += (i64)gridDim.x * blockDim.x) {
+        const i64 c = i % cols;
+        const i64 r = (i / cols) % rows;
+        const i64 p = i / ((i64)cols * rows);
+        dst[(r * parts + p) * cols + c] = src[i];
+    }
+}

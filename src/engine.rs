@@ -4,10 +4,9 @@
 use std::path::Path;
 
 use anyhow::Context;
-use servetwin_engine::backend::cpu::CpuBackend;
-use servetwin_engine::backend::Backend;
 use servetwin_engine::driver::{self, Mode};
 use servetwin_engine::executor::WallClock;
+use servetwin_engine::runner::Runner;
 use servetwin_engine::EngineError;
 use servetwin_sim::des::Simulation;
 use servetwin_sim::metrics::Summary;
@@ -36,6 +35,18 @@ impl ModeArg {
     }
 }
 
+/// `loaded`'s model loaded on `backend`: one device, or a group of
+/// `parallelism.tp` of them.
+pub fn start(backend: BackendKind, loaded: &Loaded) -> anyhow::Result<Box<dyn Runner>> {
+    Ok(match backend {
+        BackendKind::Cpu => driver::start_cpu(loaded)?,
+        #[cfg(feature = "cuda")]
+        BackendKind::Cuda => driver::start_cuda(loaded)?,
+        #[cfg(not(feature = "cuda"))]
+        BackendKind::Cuda => return Err(no_cuda().into()),
+    })
+}
+
 /// Runs `loaded` on `backend`; `reload(blocks)` loads the scenario again
 /// with `scheduler.num_gpu_blocks_override = blocks`, which is how a GPU
 /// backend's measured KV pool size reaches the scheduler (and the resolved
@@ -47,37 +58,24 @@ pub fn run(
     backend: BackendKind,
     quiet: bool,
 ) -> anyhow::Result<Summary> {
-    match backend {
-        BackendKind::Cpu => run_on(CpuBackend, loaded, reload, dir, quiet),
-        #[cfg(feature = "cuda")]
-        BackendKind::Cuda => {
-            let b = servetwin_engine::backend::cuda::CudaBackend::new(0)?;
-            run_on(b, loaded, reload, dir, quiet)
-        }
-        #[cfg(not(feature = "cuda"))]
-        BackendKind::Cuda => Err(no_cuda().into()),
-    }
+    let runner = start(backend, loaded)?;
+    run_on(runner, loaded, reload, dir, quiet)
 }
 
 /// `engine bench`: the model named, dummy weights, every KV block the
-/// device holds (2,048 on the CPU), the grid of `servetwin_engine::bench`.
-pub fn bench(model: &str, set: &[String], backend: BackendKind, quick: bool, out: &Path) -> anyhow::Result<()> {
+/// device holds (2,048 on the CPU), the grid of `servetwin_engine::bench`;
+/// `tp` GPUs in a tensor-parallel group.
+pub fn bench(model: &str, set: &[String], backend: BackendKind, tp: u32, quick: bool, out: &Path) -> anyhow::Result<()> {
     // A scenario in memory: the model, and step limits wide enough for the
     // grid's largest prefill.
     let mut text = format!(
-        "[model]\nname = {model:?}\n[scheduler]\nmax_num_batched_tokens = 8192\nmax_num_seqs = 256\nmax_model_len = 8448\n"
+        "[model]\nname = {model:?}\n[hardware]\ncount = {tp}\n[parallelism]\ntp = {tp}\n[scheduler]\nmax_num_batched_tokens = 8192\nmax_num_seqs = 256\nmax_model_len = 8448\n"
     );
     if matches!(backend, BackendKind::Cpu) {
         text += "num_gpu_blocks_override = 2048\n";
     }
     let loaded = servetwin_sim::scenario::load_str(&text, Path::new("engine-bench.toml"), set)?;
-    match backend {
-        BackendKind::Cpu => bench_on(CpuBackend, &loaded, quick, out),
-        #[cfg(feature = "cuda")]
-        BackendKind::Cuda => bench_on(servetwin_engine::backend::cuda::CudaBackend::new(0)?, &loaded, quick, out),
-        #[cfg(not(feature = "cuda"))]
-        BackendKind::Cuda => Err(no_cuda().into()),
-    }
+    bench_on(start(backend, &loaded)?, &loaded, quick, out)
 }
 
 #[cfg(not(feature = "cuda"))]
@@ -88,21 +86,21 @@ pub fn no_cuda() -> EngineError {
     }
 }
 
-fn bench_on<B: Backend>(b: B, loaded: &Loaded, quick: bool, out: &Path) -> anyhow::Result<()> {
+fn bench_on(mut runner: Box<dyn Runner>, loaded: &Loaded, quick: bool, out: &Path) -> anyhow::Result<()> {
     use servetwin_engine::bench;
-    let model = driver::load_model(&b, loaded)?;
     let block_size = loaded.scenario.scheduler.block_size_tokens;
-    let blocks = driver::kv_blocks_that_fit(&b, loaded).unwrap_or(2048);
-    let mut kv = model.kv_caches(&b, blocks, block_size)?;
-    let ceilings = b.ceilings()?;
-    let device = b.device_name();
-    println!("{} on {device} ({}), {blocks} KV blocks of {block_size}", loaded.model.name, b.name());
+    let info = runner.info().clone();
+    let blocks = info.kv_blocks_fit.unwrap_or(2048);
+    runner.allocate(blocks, block_size, None)?;
+    let ceilings = runner.ceilings()?;
+    let device = &info.device;
+    println!("{} on {device} ({}, tp {}), {blocks} KV blocks of {block_size}", loaded.model.name, info.backend, info.tp);
     if let Some(c) = ceilings {
-        println!("ceilings: copy {:.0} GB/s, GEMM {:.0} TFLOP/s", c.copy_bytes_per_s / 1e9, c.gemm_flops_per_s / 1e12);
+        println!("ceilings (one GPU): copy {:.0} GB/s, GEMM {:.0} TFLOP/s", c.copy_bytes_per_s / 1e9, c.gemm_flops_per_s / 1e12);
     }
     println!("{:<8}{:>7}{:>9}{:>9}{:>12}{:>11}{:>9}", "kind", "batch", "tokens", "context", "median ms", "floor ms", "ratio");
     let opt = |x: Option<f64>, p: usize| x.map_or("—".to_string(), |v| format!("{v:.p$}"));
-    let (cases, skipped) = bench::run(&b, &model, &mut kv, blocks, block_size, bench::default_grid(quick), ceilings, |c| {
+    let (cases, skipped) = bench::run(&mut runner, blocks, block_size, bench::default_grid(quick), ceilings, |c| {
         println!(
             "{:<8}{:>7}{:>9}{:>9}{:>12.3}{:>11}{:>9}",
             c.kind,
@@ -119,8 +117,9 @@ fn bench_on<B: Backend>(b: B, loaded: &Loaded, quick: bool, out: &Path) -> anyho
     }
     let json = serde_json::json!({
         "model": loaded.model.name,
-        "backend": b.name(),
+        "backend": info.backend,
         "device": device,
+        "tp": info.tp,
         "kv_blocks": blocks,
         "block_size": block_size,
         "commit": std::env::var("SERVETWIN_COMMIT").unwrap_or_else(|_| "unknown".into()),
@@ -134,18 +133,18 @@ fn bench_on<B: Backend>(b: B, loaded: &Loaded, quick: bool, out: &Path) -> anyho
     Ok(())
 }
 
-fn run_on<B: Backend>(
-    backend: B,
+fn run_on(
+    runner: Box<dyn Runner>,
     loaded: &mut Loaded,
     reload: impl Fn(u32) -> anyhow::Result<Loaded>,
     dir: &Path,
     quiet: bool,
 ) -> anyhow::Result<Summary> {
-    let model = driver::load_model(&backend, loaded)?;
-    if let Some(fit) = driver::kv_blocks_that_fit(&backend, loaded) {
+    let info = runner.info().clone();
+    if let Some(fit) = info.kv_blocks_fit {
         match loaded.scenario.scheduler.num_gpu_blocks_override {
             Some(n) if n > fit => {
-                let msg = format!("at most {fit} blocks on this {} after the weights and activations", backend.name());
+                let msg = format!("at most {fit} blocks on this {} after the weights and activations", info.device);
                 return Err(EngineError::Unsupported { key: "scheduler.num_gpu_blocks_override".into(), msg }.into());
             }
             Some(_) => {}
@@ -153,7 +152,7 @@ fn run_on<B: Backend>(
         }
     }
     let clock = WallClock::default();
-    let mut executor = Some(driver::executor(backend, model, loaded, clock.clone())?);
+    let mut executor = Some(driver::executor(runner, loaded, clock.clone())?);
     let mut sim = Simulation::new(loaded, |_| executor.take().expect("the engine runs one replica"))?;
     let pace = {
         let clock = clock.clone();

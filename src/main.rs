@@ -202,6 +202,9 @@ enum EngineCommand {
         /// Any scenario key, e.g. --set model.num_layers=2
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
+        /// GPUs (or CPU ranks) in a tensor-parallel group.
+        #[arg(long, default_value_t = 1)]
+        tp: u32,
         /// A small grid (2 prefills, 4 decodes), for a quick look.
         #[arg(long)]
         quick: bool,
@@ -308,7 +311,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Engine(EngineCommand::Bench { model, backend, set, quick, out }) => engine::bench(&model, &set, backend, quick, &out),
+        Command::Engine(EngineCommand::Bench { model, backend, set, tp, quick, out }) => engine::bench(&model, &set, backend, tp, quick, &out),
         Command::Engine(EngineCommand::Profile { scenario, model, backend, grid, set, out, quiet }) => {
             profile::run(profile::Args { scenario, model, backend, grid, set, out, quiet })
         }

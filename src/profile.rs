@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::Context;
-use servetwin_engine::backend::cpu::CpuBackend;
 use servetwin_engine::profile::{self, Grid, Progress};
 use servetwin_sim::scenario::{self, Loaded};
 
@@ -112,20 +111,18 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             ),
         }
     };
-    let mut table = match a.backend {
-        BackendKind::Cpu => profile::profile(CpuBackend, &loaded, &grid, meta, report)?,
-        #[cfg(feature = "cuda")]
-        BackendKind::Cuda => profile::profile(servetwin_engine::backend::cuda::CudaBackend::new(0)?, &loaded, &grid, meta, report)?,
-        #[cfg(not(feature = "cuda"))]
-        BackendKind::Cuda => return Err(crate::engine::no_cuda().into()),
-    };
+    let mut table = profile::profile(crate::engine::start(a.backend, &loaded)?, &loaded, &grid, meta, report)?;
     let dtype = table.meta("dtype").unwrap_or("unknown").to_string();
     let out = a.out.unwrap_or_else(|| {
         let dir = match a.backend {
             BackendKind::Cpu => "cpu".to_string(),
             BackendKind::Cuda => loaded.scenario.hardware.gpu.clone(),
         };
-        Path::new("sim/profiles").join(dir).join(format!("{}-{dtype}.csv", loaded.model.name))
+        let tp = match loaded.scenario.parallelism.tp {
+            1 => String::new(),
+            n => format!("-tp{n}"),
+        };
+        Path::new("sim/profiles").join(dir).join(format!("{}-{dtype}{tp}.csv", loaded.model.name))
     });
     table.path = out.clone();
     if let Some(d) = out.parent().filter(|d| !d.as_os_str().is_empty()) {

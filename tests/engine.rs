@@ -163,6 +163,19 @@ fn prefix_caching_and_preemption_do_not_change_greedy_tokens() {
 }
 
 #[test]
+fn tensor_parallel_ranks_give_the_greedy_tokens_of_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let one = engine_and_replay(tmp.path(), "tp1", "offline", &[]).0;
+    // 8 query heads, 2 KV heads: split at tp 2, replicated at tp 4.
+    for tp in [2, 4] {
+        let (count, par) = (format!("hardware.count={tp}"), format!("parallelism.tp={tp}"));
+        let (dir, _) = engine_and_replay(tmp.path(), &format!("tp{tp}"), "offline", &[&count, &par]);
+        assert_eq!(json(&dir.join("summary.json"))["completed"], 24);
+        assert!(tokens(&dir) == tokens(&one), "tp {tp} generated other tokens than one rank");
+    }
+}
+
+#[test]
 fn sampled_runs_repeat_with_the_seed_and_change_with_it() {
     let tmp = tempfile::tempdir().unwrap();
     let hot = ["engine.temperature=0.8", "engine.top_p=0.9"];
@@ -209,7 +222,7 @@ fn what_the_engine_cannot_run_is_refused_as_bad_input() {
         (&["model.name=\"qwen1.5-moe-a2.7b\"", "scheduler.num_gpu_blocks_override=64"], "model.num_experts"),
         (&["model.weight_dtype=\"int4\""], "model.weight_dtype"),
         (&["hardware.count=2"], "hardware.count"),
-        (&["hardware.count=2", "parallelism.tp=2"], "parallelism.tp"),
+        (&["hardware.count=3", "parallelism.tp=3"], "parallelism.tp"),
         (&["speculative.method=\"ngram\""], "speculative"),
         (&["scheduler.preemption=\"swap\""], "scheduler.preemption"),
         (&["engine.load=\"safetensors\""], "engine.weights"),

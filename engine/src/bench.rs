@@ -3,15 +3,16 @@
 //! path (forward, sampling, synchronize), each beside its floor measured in
 //! the same run: decode against the bytes it must read (weights + KV) over
 //! the measured copy bandwidth, prefill against its FLOPs over the measured
-//! GEMM rate.
+//! GEMM rate. With tensor parallelism the floors are one GPU's share (1/N
+//! of the bytes or FLOPs); communication is not in them.
 
 use std::time::Instant;
 
 use serde::Serialize;
 use servetwin_sim::model::ModelConfig;
 
-use crate::backend::{Backend, BatchMeta, SampleParams};
-use crate::llama::Llama;
+use crate::backend::{BatchMeta, SampleParams};
+use crate::runner::Runner;
 use crate::Result;
 
 /// What the device can do at best, measured by the backend.
@@ -74,10 +75,8 @@ fn synthetic(m: &ModelConfig, block_size: u32, batch: u32, new: u32, context: u3
 /// Times one batch shape: `warmup` untimed runs, then the median and
 /// minimum of `reps`.
 #[allow(clippy::too_many_arguments)]
-pub fn time_batch<B: Backend>(
-    b: &B,
-    model: &Llama<B>,
-    kv: &mut [B::KvCache],
+pub fn time_batch(
+    runner: &mut impl Runner,
     block_size: u32,
     batch: u32,
     new: u32,
@@ -85,15 +84,12 @@ pub fn time_batch<B: Backend>(
     warmup: usize,
     reps: usize,
 ) -> Result<(f64, f64)> {
-    let meta_host = synthetic(&model.config, block_size, batch, new, context);
+    let meta = synthetic(&runner.info().config, block_size, batch, new, context);
     let greedy = vec![SampleParams { temperature: 0.0, top_p: 1.0, uniform: 0.0 }; batch as usize];
     let mut times = Vec::with_capacity(reps);
     for i in 0..warmup + reps {
         let t0 = Instant::now();
-        let meta = b.meta(&meta_host)?;
-        let logits = model.forward(b, &meta, kv)?;
-        b.sample(&logits, &greedy)?;
-        b.synchronize()?;
+        runner.run(&meta, &greedy)?;
         if i >= warmup {
             times.push(t0.elapsed().as_secs_f64() * 1e3);
         }
@@ -115,17 +111,16 @@ pub fn default_grid(quick: bool) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
 /// Runs the grid; cases whose KV does not fit `num_blocks` are skipped and
 /// counted.
 #[allow(clippy::too_many_arguments)]
-pub fn run<B: Backend>(
-    b: &B,
-    model: &Llama<B>,
-    kv: &mut [B::KvCache],
+pub fn run(
+    runner: &mut impl Runner,
     num_blocks: u32,
     block_size: u32,
     grid: (Vec<u32>, Vec<u32>, Vec<u32>),
     ceilings: Option<Ceilings>,
     mut progress: impl FnMut(&Case),
 ) -> Result<(Vec<Case>, u32)> {
-    let m = model.config.clone();
+    let info = runner.info().clone();
+    let (m, tp, max_positions) = (&info.config, info.tp as f64, info.max_positions);
     let (prefills, batches, contexts) = grid;
     let mut cases = Vec::new();
     let mut skipped = 0;
@@ -134,23 +129,23 @@ pub fn run<B: Backend>(
         cases.push(c);
     };
     for &t in &prefills {
-        if t.div_ceil(block_size) > num_blocks || t > model.max_positions() {
+        if t.div_ceil(block_size) > num_blocks || t > max_positions {
             skipped += 1;
             continue;
         }
-        let (median_ms, min_ms) = time_batch(b, model, kv, block_size, 1, t, 0, 2, 5)?;
-        let floor_ms = ceilings.map(|c| prefill_flops(&m, t) / c.gemm_flops_per_s * 1e3);
+        let (median_ms, min_ms) = time_batch(runner, block_size, 1, t, 0, 2, 5)?;
+        let floor_ms = ceilings.map(|c| prefill_flops(m, t) / tp / c.gemm_flops_per_s * 1e3);
         let ratio = floor_ms.map(|f| median_ms / f);
         push(Case { kind: "prefill", batch: 1, new_tokens: t, context: 0, median_ms, min_ms, floor_ms, ratio }, &mut cases);
     }
     for &c in &contexts {
         for &batch in &batches {
-            if batch * (c + 1).div_ceil(block_size) > num_blocks || c + 1 > model.max_positions() {
+            if batch * (c + 1).div_ceil(block_size) > num_blocks || c + 1 > max_positions {
                 skipped += 1;
                 continue;
             }
-            let (median_ms, min_ms) = time_batch(b, model, kv, block_size, batch, 1, c, 3, 20)?;
-            let floor_ms = ceilings.map(|x| decode_bytes(&m, b.elem_bytes(), batch, c) / x.copy_bytes_per_s * 1e3);
+            let (median_ms, min_ms) = time_batch(runner, block_size, batch, 1, c, 3, 20)?;
+            let floor_ms = ceilings.map(|x| decode_bytes(m, info.elem_bytes, batch, c) / tp / x.copy_bytes_per_s * 1e3);
             let ratio = floor_ms.map(|f| median_ms / f);
             push(Case { kind: "decode", batch, new_tokens: 1, context: c, median_ms, min_ms, floor_ms, ratio }, &mut cases);
         }

@@ -8,10 +8,13 @@ use servetwin_sim::engine_spec::LoadFormat;
 use servetwin_sim::scenario::Loaded;
 use servetwin_sim::sched::Preemption;
 
+use crate::backend::cpu::CpuBackend;
 use crate::backend::Backend;
+use crate::comm::CpuGroup;
 use crate::executor::{EngineExecutor, Sampling, WallClock};
-use crate::llama::Llama;
-use crate::weights::HostWeights;
+use crate::llama::{Llama, Shard};
+use crate::runner::{Local, Runner, TpGroup};
+use crate::weights::{HostWeights, WeightSource};
 use crate::{EngineError, Result};
 
 /// When requests are released.
@@ -40,15 +43,12 @@ fn unsupported(key: &str, msg: String) -> EngineError {
 /// What the engine cannot run yet, refused before anything is loaded.
 pub fn check(loaded: &Loaded) -> Result<()> {
     let s = &loaded.scenario;
-    if s.parallelism.tp != 1 {
-        return Err(unsupported("parallelism.tp", format!("1 (the engine runs one GPU per model so far), got {}", s.parallelism.tp)));
-    }
     if loaded.replicas != 1 {
         let msg = format!("1 (the engine drives one replica; simulate clusters with `simulate`), got {}", s.hardware.count);
         return Err(unsupported("hardware.count", msg));
     }
     if s.parallelism.pp != 1 || s.parallelism.ep != 1 {
-        return Err(unsupported("parallelism.pp", "pp = 1 and ep = 1 (the engine runs one GPU per model so far)".into()));
+        return Err(unsupported("parallelism.pp", "pp = 1 and ep = 1 (the engine splits a model by tensor parallelism only)".into()));
     }
     // The engine's model is the dense Llama architecture in one precision;
     // the simulator's other architecture terms are refused, not ignored.
@@ -73,6 +73,7 @@ pub fn check(loaded: &Loaded) -> Result<()> {
     if s.speculative.is_some() {
         return Err(unsupported("speculative", "no [speculative] section (the engine does not speculate)".into()));
     }
+    Shard::check(m, s.parallelism.tp)?;
     if s.scheduler.preemption == Preemption::Swap {
         let msg = "\"recompute\" (the engine does not swap KV blocks to host memory)".into();
         return Err(unsupported("scheduler.preemption", msg));
@@ -80,19 +81,22 @@ pub fn check(loaded: &Loaded) -> Result<()> {
     Ok(())
 }
 
-/// Bytes the engine holds for `loaded` on a backend storing `elem_bytes`
-/// per value: weights and the whole KV pool.
-pub fn footprint_bytes(loaded: &Loaded, elem_bytes: u64) -> (u64, u64) {
+/// Bytes one rank of `shard` holds for `loaded` on a backend storing
+/// `elem_bytes` per value: its weights (the embedding table whole, the rest
+/// split) and its KV pool.
+pub fn footprint_bytes(loaded: &Loaded, elem_bytes: u64, shard: Shard) -> (u64, u64) {
     let m = &loaded.model;
-    let kv_values = loaded.kv_blocks_per_replica as u64 * loaded.scenario.scheduler.block_size_tokens as u64 * m.kv_bytes_per_token()
-        / m.dtype.bytes();
-    (m.param_count() * elem_bytes, kv_values * elem_bytes)
+    let embed = m.vocab_size as u64 * m.hidden_size as u64;
+    let weights = (m.param_count() - embed) / shard.size as u64 + embed;
+    let blocks = loaded.kv_blocks_per_replica as u64;
+    (weights * elem_bytes, blocks * kv_block_bytes(loaded, elem_bytes, shard))
 }
 
-/// Loads the weights and builds the executor for `loaded` on `backend`.
-pub fn build<B: Backend>(backend: B, loaded: &Loaded, clock: WallClock) -> Result<EngineExecutor<B>> {
-    let model = load_model(&backend, loaded)?;
-    executor(backend, model, loaded, clock)
+/// Bytes of one KV block on one rank: its KV heads' K and V in every layer.
+fn kv_block_bytes(loaded: &Loaded, elem_bytes: u64, shard: Shard) -> u64 {
+    let (attn, _) = shard.attn(&loaded.model);
+    let per_token = 2 * loaded.model.num_layers as u64 * attn.kv_heads as u64 * attn.head_dim as u64;
+    loaded.scenario.scheduler.block_size_tokens as u64 * per_token * elem_bytes
 }
 
 /// Bytes of activations a step may hold at once, kept free beside the KV
@@ -108,34 +112,51 @@ pub fn activation_reserve_bytes(loaded: &Loaded, elem_bytes: u64) -> u64 {
     (sch.max_num_batched_tokens as u64 * per_token + 2 * logits) * elem_bytes + (1 << 30)
 }
 
-/// KV blocks that fit the memory `gpu_memory_utilization` leaves after the
-/// weights (already loaded) and the activation reserve, as vLLM sizes its
-/// pool after profiling; None where the backend cannot tell (the CPU).
-pub fn kv_blocks_that_fit<B: Backend>(backend: &B, loaded: &Loaded) -> Option<u32> {
+/// KV blocks that fit the memory `gpu_memory_utilization` leaves on rank
+/// `shard` after its weights (already loaded) and the activation reserve,
+/// as vLLM sizes its pool after profiling; None where the backend cannot
+/// tell (the CPU).
+pub fn kv_blocks_that_fit<B: Backend>(backend: &B, loaded: &Loaded, shard: Shard) -> Option<u32> {
     let (free, total) = backend.device_memory()?;
     let sch = &loaded.scenario.scheduler;
     let allowed = (total as f64 * sch.gpu_memory_utilization) as u64;
     let used = total - free;
     let reserve = activation_reserve_bytes(loaded, backend.elem_bytes());
-    let block_bytes = sch.block_size_tokens as u64 * loaded.model.kv_bytes_per_token() / loaded.model.dtype.bytes() * backend.elem_bytes();
+    let block_bytes = kv_block_bytes(loaded, backend.elem_bytes(), shard);
     Some((allowed.saturating_sub(used + reserve) / block_bytes).min(u32::MAX as u64) as u32)
 }
 
-/// Checks `loaded` and loads its model's weights onto `backend`.
+/// Where `loaded`'s weights come from: its checkpoint (`[engine] load =
+/// "safetensors"`), read whole once and shared by the ranks, or dummy values
+/// drawn from the seed.
+pub fn weights(loaded: &Loaded) -> Result<WeightSource> {
+    let spec = loaded.scenario.engine.clone().unwrap_or_default();
+    Ok(match (spec.load, &spec.weights) {
+        (LoadFormat::Safetensors, Some(dir)) => WeightSource::Host(std::sync::Arc::new(HostWeights::load_safetensors(dir, &loaded.model)?)),
+        _ => WeightSource::dummy(&loaded.model, loaded.scenario.seed, spec.init_std),
+    })
+}
+
+/// Checks `loaded` and loads its whole model onto `backend`.
 pub fn load_model<B: Backend>(backend: &B, loaded: &Loaded) -> Result<Llama<B>> {
     check(loaded)?;
-    let s = &loaded.scenario;
-    let spec = s.engine.clone().unwrap_or_default();
+    load_shard(backend, loaded, &weights(loaded)?, Shard::WHOLE)
+}
+
+/// Loads rank `shard`'s part of `loaded`'s model from `weights` onto
+/// `backend`, once its memory is known to hold it.
+pub fn load_shard<B: Backend>(backend: &B, loaded: &Loaded, weights: &WeightSource, shard: Shard) -> Result<Llama<B>> {
+    check(loaded)?;
     let m = &loaded.model;
     if let Some(budget) = backend.memory_budget_bytes() {
-        let (w, kv) = footprint_bytes(loaded, backend.elem_bytes());
+        let (w, kv) = footprint_bytes(loaded, backend.elem_bytes(), shard);
         // Host copies of the weights may exist beside the backend's while loading.
         if (1 + backend.host_copies_while_loading()) * w + kv > budget {
             let gb = |b: u64| b as f64 / 1e9;
             let msg = format!(
-                "a model and KV pool that fit the {} backend: {} needs {:.1} GB of weights (twice while loading) and \
-                 {:.1} GB for {} KV blocks, {:.1} GB available (choose a smaller model, or fewer blocks with \
-                 scheduler.num_gpu_blocks_override)",
+                "a model and KV pool that fit the {} backend: {} needs {:.1} GB of weights per rank (twice while loading) \
+                 and {:.1} GB for {} KV blocks, {:.1} GB available (choose a smaller model, a larger parallelism.tp, or \
+                 fewer blocks with scheduler.num_gpu_blocks_override)",
                 backend.name(),
                 m.name,
                 gb(w),
@@ -146,24 +167,49 @@ pub fn load_model<B: Backend>(backend: &B, loaded: &Loaded) -> Result<Llama<B>> 
             return Err(unsupported("model.name", msg));
         }
     }
-    let weights = match (spec.load, &spec.weights) {
-        (LoadFormat::Safetensors, Some(dir)) => HostWeights::load_safetensors(dir, m)?,
-        _ => HostWeights::dummy(m, s.seed, spec.init_std),
-    };
-    Llama::new(backend, m, &weights, loaded.limits.max_model_len)
+    Llama::new(backend, m, weights, loaded.limits.max_model_len, shard)
 }
 
-/// The executor of `model` on `backend`, with a KV pool of the scenario's
-/// size (`loaded.kv_blocks_per_replica`).
-pub fn executor<B: Backend>(backend: B, model: Llama<B>, loaded: &Loaded, clock: WallClock) -> Result<EngineExecutor<B>> {
+/// `loaded`'s model on the CPU backend: one `Local`, or a tensor-parallel
+/// group of `parallelism.tp` ranks on threads.
+pub fn start_cpu(loaded: &Loaded) -> Result<Box<dyn Runner>> {
+    check(loaded)?;
+    let tp = loaded.scenario.parallelism.tp;
+    if tp == 1 {
+        return Ok(Box::new(Local::load(CpuBackend::default(), loaded, &weights(loaded)?, Shard::WHOLE)?));
+    }
+    let group = CpuGroup::new(tp as usize);
+    Ok(Box::new(TpGroup::start(loaded, weights(loaded)?, tp, move |r| Ok(CpuBackend::in_group(group.comm(r))))?))
+}
+
+/// `loaded`'s model on GPU 0, or on GPUs 0…tp−1 as a tensor-parallel group
+/// joined by NCCL, one thread per GPU.
+#[cfg(feature = "cuda")]
+pub fn start_cuda(loaded: &Loaded) -> Result<Box<dyn Runner>> {
+    use crate::backend::cuda::CudaBackend;
+    check(loaded)?;
+    let tp = loaded.scenario.parallelism.tp;
+    if tp == 1 {
+        return Ok(Box::new(Local::load(CudaBackend::new(0)?, loaded, &weights(loaded)?, Shard::WHOLE)?));
+    }
+    // A rank that cannot open its GPU would leave the others waiting in
+    // NCCL's initialisation: count first.
+    let gpus = servetwin_kernels::device_count().map_err(|e| EngineError::Backend(e.to_string()))?;
+    if gpus < tp as usize {
+        return Err(unsupported("parallelism.tp", format!("at most the {gpus} GPUs this machine has, got {tp}")));
+    }
+    let id = CudaBackend::group_id()?;
+    Ok(Box::new(TpGroup::start(loaded, weights(loaded)?, tp, move |r| CudaBackend::in_group(r, tp as usize, id))?))
+}
+
+/// The executor of `runner`, with a KV pool of the scenario's size
+/// (`loaded.kv_blocks_per_replica`) and every GEMM shape warmed.
+pub fn executor<R: Runner>(mut runner: R, loaded: &Loaded, clock: WallClock) -> Result<EngineExecutor<R>> {
     let s = &loaded.scenario;
     let spec = s.engine.clone().unwrap_or_default();
     let sampling = Sampling { seed: s.seed, temperature: spec.temperature as f32, top_p: spec.top_p as f32 };
-    let block_size = s.scheduler.block_size_tokens;
-    let exec = EngineExecutor::new(backend, model, loaded.kv_blocks_per_replica, block_size, sampling, loaded.limits.conversations, clock)?;
-    // After the KV pool: the warm-up's buffers come out of the activation
-    // reserve, as a step's do.
     let l = &loaded.limits;
-    exec.model.warm_up(&exec.backend, l.max_num_batched_tokens as usize, l.max_num_seqs as usize)?;
-    Ok(exec)
+    let warm = (l.max_num_batched_tokens as usize, l.max_num_seqs as usize);
+    runner.allocate(loaded.kv_blocks_per_replica, s.scheduler.block_size_tokens, Some(warm))?;
+    Ok(EngineExecutor::new(runner, s.scheduler.block_size_tokens, sampling, loaded.limits.conversations, clock))
 }

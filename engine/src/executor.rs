@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 
 use servetwin_sim::step::{ExecuteError, Executor, Step, StepOutcome};
 
-use crate::backend::{Backend, BatchMeta, SampleParams};
-use crate::llama::Llama;
+use crate::backend::{BatchMeta, SampleParams};
+use crate::runner::Runner;
 use crate::tokens::TokenStore;
 use crate::{sampler, EngineError, Result};
 
@@ -61,10 +61,8 @@ pub struct Sampling {
     pub top_p: f32,
 }
 
-pub struct EngineExecutor<B: Backend> {
-    pub backend: B,
-    pub model: Llama<B>,
-    kv: Vec<B::KvCache>,
+pub struct EngineExecutor<R: Runner> {
+    pub runner: R,
     tokens: TokenStore,
     sampling: Sampling,
     clock: WallClock,
@@ -76,32 +74,22 @@ pub struct EngineExecutor<B: Backend> {
     log: Option<Box<dyn Write>>,
 }
 
-impl<B: Backend> EngineExecutor<B> {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        backend: B,
-        model: Llama<B>,
-        num_blocks: u32,
-        block_size: u32,
-        sampling: Sampling,
-        keep_answers: bool,
-        clock: WallClock,
-    ) -> Result<Self> {
-        let kv = model.kv_caches(&backend, num_blocks, block_size)?;
+impl<R: Runner> EngineExecutor<R> {
+    /// Runs steps on `runner`, whose KV pool (of blocks of `block_size`
+    /// tokens) is allocated.
+    pub fn new(runner: R, block_size: u32, sampling: Sampling, keep_answers: bool, clock: WallClock) -> Self {
         let mut batch = BatchMeta::default();
         batch.clear(block_size);
-        Ok(EngineExecutor {
-            tokens: TokenStore::new(model.config.vocab_size, keep_answers),
-            backend,
-            model,
-            kv,
+        EngineExecutor {
+            tokens: TokenStore::new(runner.info().config.vocab_size, keep_answers),
+            runner,
             sampling,
             clock,
             batch,
             params: Vec::new(),
             sampled_items: Vec::new(),
             log: None,
-        })
+        }
     }
 
     /// Writes each finished request's generated tokens to `w` as a JSON line.
@@ -141,11 +129,7 @@ impl<B: Backend> EngineExecutor<B> {
             }
         }
         self.batch.finish();
-        let b = &self.backend;
-        let meta = b.meta(&self.batch)?;
-        let logits = self.model.forward(b, &meta, &mut self.kv)?;
-        let ids = if self.params.is_empty() { Vec::new() } else { b.sample(&logits, &self.params)? };
-        b.synchronize()?;
+        let ids = self.runner.run(&self.batch, &self.params)?;
         let mut ids: Vec<(usize, u32)> = self.sampled_items.iter().copied().zip(ids).collect();
         ids.sort_unstable_by_key(|&(idx, _)| idx);
         for &(idx, id) in &ids {
@@ -162,7 +146,7 @@ impl<B: Backend> EngineExecutor<B> {
     }
 }
 
-impl<B: Backend> Executor for EngineExecutor<B> {
+impl<R: Runner> Executor for EngineExecutor<R> {
     fn execute(&mut self, step: Step<'_>, outcome: &mut StepOutcome) -> Result<(), ExecuteError> {
         self.run(step, outcome).map_err(|e| ExecuteError(e.to_string()))?;
         // The step ends now: the loop's clock is the wall clock, and the time

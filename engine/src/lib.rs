@@ -12,18 +12,22 @@
 //!   oracle the paged, batched path is tested against.
 //! - `tokens`, `sampler`: prompt token ids from a request's content, and
 //!   greedy / temperature / top-p sampling from per-token seeded draws.
+//! - `comm`: the CPU backend's tensor-parallel communicator.
+//! - `runner`: one device, or a tensor-parallel group on threads.
 //! - `executor`, `driver`: the engine's `Executor` and the wall-clock run.
 //! - `profile`: step times over a grid of batch shapes, for the simulator's
 //!   `profiled` cost model.
 
 pub mod backend;
 pub mod bench;
+pub mod comm;
 pub mod driver;
 pub mod executor;
 pub mod llama;
 pub mod profile;
 pub mod reference;
 pub mod rope;
+pub mod runner;
 pub mod sampler;
 pub mod tokens;
 pub mod weights;

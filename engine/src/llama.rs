@@ -3,12 +3,69 @@
 //! over the paged KV cache, SwiGLU MLP, tied or untied LM head. Q/K/V and
 //! gate/up are fused into one GEMM each, as vLLM's QKVParallelLinear and
 //! MergedColumnParallelLinear do.
+//!
+//! Tensor parallelism (Megatron-LM's split, as vLLM shards Llama): each rank
+//! of a `Shard` holds its query heads' and KV heads' rows of Q/K/V and its
+//! slice of gate/up (column-parallel), the matching input columns of O and
+//! down (row-parallel, summed by an all-reduce), and 1/N of the LM head's
+//! vocabulary (gathered before sampling). Embeddings and norms are whole on
+//! every rank. With fewer KV heads than ranks, each KV head is replicated
+//! on the ranks whose query heads read it.
 
 use servetwin_sim::model::ModelConfig;
 
 use crate::backend::{AttnShape, Backend};
-use crate::weights::HostWeights;
-use crate::{rope, Result};
+use crate::weights::{HostTensor, WeightSource};
+use crate::{rope, EngineError, Result};
+
+/// Which part of the model a rank of an N-way tensor-parallel group holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    pub rank: u32,
+    pub size: u32,
+}
+
+impl Shard {
+    /// The whole model on one device.
+    pub const WHOLE: Shard = Shard { rank: 0, size: 1 };
+
+    /// Checks that `m` splits `size` ways (the error names `parallelism.tp`).
+    pub fn check(m: &ModelConfig, size: u32) -> Result<()> {
+        let (q, kv) = (m.num_attention_heads, m.num_key_value_heads);
+        let bad = |what: String| {
+            let msg = format!("{what} of {} (tensor parallelism splits them evenly), got {size}", m.name);
+            Err(EngineError::Unsupported { key: "parallelism.tp".into(), msg })
+        };
+        if size == 0 || !q.is_multiple_of(size) {
+            return bad(format!("a divisor of the {q} query heads"));
+        }
+        if !kv.is_multiple_of(size) && !size.is_multiple_of(kv) {
+            return bad(format!("a divisor or a multiple of the {kv} KV heads"));
+        }
+        if !m.intermediate_size.is_multiple_of(size) || !m.vocab_size.is_multiple_of(size) {
+            return bad(format!("a divisor of the MLP width {} and of the vocabulary {}", m.intermediate_size, m.vocab_size));
+        }
+        Ok(())
+    }
+
+    /// This rank's attention: its query heads, and the KV heads they read.
+    pub fn attn(&self, m: &ModelConfig) -> (AttnShape, u32) {
+        let (q, kv) = (m.num_attention_heads, m.num_key_value_heads);
+        let (kv_local, kv_first) = if kv >= self.size { (kv / self.size, self.rank * kv / self.size) } else { (1, self.rank / (self.size / kv)) };
+        (AttnShape { q_heads: q / self.size, kv_heads: kv_local, head_dim: m.head_dim }, kv_first)
+    }
+}
+
+/// Rows `[from, from + n)` of a matrix.
+fn rows(t: &HostTensor, from: usize, n: usize) -> &[f32] {
+    let c = t.shape[1];
+    &t.data[from * c..(from + n) * c]
+}
+
+/// Columns `[from, from + n)` of a matrix.
+fn cols(t: &HostTensor, from: usize, n: usize) -> Vec<f32> {
+    t.data.chunks_exact(t.shape[1]).flat_map(|r| &r[from..from + n]).copied().collect()
+}
 
 pub struct Layer<B: Backend> {
     pub attn_norm: B::Weight,
@@ -23,67 +80,74 @@ pub struct Layer<B: Backend> {
 
 pub struct Llama<B: Backend> {
     pub config: ModelConfig,
+    /// This rank's attention heads.
     pub shape: AttnShape,
+    pub shard: Shard,
     embed: B::Weight,
     layers: Vec<Layer<B>>,
     norm: B::Weight,
-    /// None: tied to the embedding table.
+    /// This rank's vocabulary rows; None: tied to the (whole) embedding table.
     lm_head: Option<B::Weight>,
     rope: B::Rope,
     max_positions: u32,
 }
 
-/// Stacks tensors row-wise (each [rows_i, cols]) into one host buffer.
-fn stack(w: &HostWeights, names: &[String]) -> (Vec<f32>, Vec<usize>) {
-    let mut data = Vec::new();
-    let mut rows = 0;
-    for n in names {
-        let t = w.get(n);
-        rows += t.shape[0];
-        data.extend_from_slice(&t.data);
-    }
-    let cols = w.get(&names[0]).shape[1];
-    (data, vec![rows, cols])
-}
-
 impl<B: Backend> Llama<B> {
-    /// Uploads `w` (checked against `config` by its loader) to the backend;
-    /// positions up to `max_positions` get rotary angles.
-    pub fn new(b: &B, config: &ModelConfig, w: &HostWeights, max_positions: u32) -> Result<Self> {
-        let one = |name: &str| {
+    /// Uploads rank `shard`'s part of `w` (checked against `config` by its
+    /// loader) to the backend, one tensor at a time; positions up to
+    /// `max_positions` get rotary angles.
+    pub fn new(b: &B, config: &ModelConfig, w: &WeightSource, max_positions: u32, shard: Shard) -> Result<Self> {
+        Shard::check(config, shard.size)?;
+        let (r, n) = (shard.rank as usize, shard.size as usize);
+        let (shape, kv_first) = shard.attn(config);
+        let hd = config.head_dim as usize;
+        let (qh, kvh) = (shape.q_heads as usize * hd, shape.kv_heads as usize * hd);
+        let i = config.intermediate_size as usize / n;
+        let h = config.hidden_size as usize;
+        let whole = |name: &str| {
             let t = w.get(name);
             b.weight(&t.data, &t.shape)
-        };
-        let fused = |names: &[String]| {
-            let (data, shape) = stack(w, names);
-            b.weight(&data, &shape)
         };
         let layers = (0..config.num_layers)
             .map(|l| {
                 let p = format!("model.layers.{l}");
+                let get = |x: &str| w.get(&format!("{p}.{x}.weight"));
+                // Column-parallel: this rank's output rows, stacked.
+                let mut qkv = rows(&get("self_attn.q_proj"), r * qh, qh).to_vec();
+                qkv.extend_from_slice(rows(&get("self_attn.k_proj"), kv_first as usize * hd, kvh));
+                qkv.extend_from_slice(rows(&get("self_attn.v_proj"), kv_first as usize * hd, kvh));
+                let mut gate_up = rows(&get("mlp.gate_proj"), r * i, i).to_vec();
+                gate_up.extend_from_slice(rows(&get("mlp.up_proj"), r * i, i));
+                // Row-parallel: this rank's input columns.
+                let o = if n == 1 { get("self_attn.o_proj").into_owned().data } else { cols(&get("self_attn.o_proj"), r * qh, qh) };
+                let down = if n == 1 { get("mlp.down_proj").into_owned().data } else { cols(&get("mlp.down_proj"), r * i, i) };
                 Ok(Layer {
-                    attn_norm: one(&format!("{p}.input_layernorm.weight"))?,
-                    qkv: fused(&["q", "k", "v"].map(|x| format!("{p}.self_attn.{x}_proj.weight")))?,
-                    o: one(&format!("{p}.self_attn.o_proj.weight"))?,
-                    mlp_norm: one(&format!("{p}.post_attention_layernorm.weight"))?,
-                    gate_up: fused(&["gate", "up"].map(|x| format!("{p}.mlp.{x}_proj.weight")))?,
-                    down: one(&format!("{p}.mlp.down_proj.weight"))?,
+                    attn_norm: whole(&format!("{p}.input_layernorm.weight"))?,
+                    qkv: b.weight(&qkv, &[qh + 2 * kvh, h])?,
+                    o: b.weight(&o, &[h, qh])?,
+                    mlp_norm: whole(&format!("{p}.post_attention_layernorm.weight"))?,
+                    gate_up: b.weight(&gate_up, &[2 * i, h])?,
+                    down: b.weight(&down, &[h, i])?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;
         let freq = rope::inv_freq(config.head_dim, config.rope_theta, config.rope_scaling.as_ref());
         let table = rope::cos_sin_table(max_positions, &freq);
+        let v = config.vocab_size as usize / n;
+        let head_name = if config.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
+        let lm_head = if n == 1 && config.tie_word_embeddings {
+            None
+        } else {
+            Some(b.weight(rows(&w.get(head_name), r * v, v), &[v, h])?)
+        };
         Ok(Llama {
             config: config.clone(),
-            shape: AttnShape {
-                q_heads: config.num_attention_heads,
-                kv_heads: config.num_key_value_heads,
-                head_dim: config.head_dim,
-            },
-            embed: one("model.embed_tokens.weight")?,
+            shape,
+            shard,
+            embed: whole("model.embed_tokens.weight")?,
             layers,
-            norm: one("model.norm.weight")?,
-            lm_head: if config.tie_word_embeddings { None } else { Some(one("lm_head.weight")?) },
+            norm: whole("model.norm.weight")?,
+            lm_head,
             rope: b.rope(&table, max_positions, config.head_dim)?,
             max_positions,
         })
@@ -103,10 +167,17 @@ impl<B: Backend> Llama<B> {
             let qkv = b.linear(&x, &layer.qkv)?;
             let q = b.rope_store_kv(qkv, &self.rope, cache, meta, self.shape)?;
             let attn = b.attention(&q, cache, meta, self.shape)?;
-            let o = b.linear(&attn, &layer.o)?;
+            let mut o = b.linear(&attn, &layer.o)?;
+            if self.shard.size > 1 {
+                b.all_reduce(&mut o)?;
+            }
             let x = b.add_rms_norm(&o, &mut residual, &layer.mlp_norm, eps)?;
             let gate_up = b.linear(&x, &layer.gate_up)?;
-            mlp_out = Some(b.linear(&b.silu_mul(&gate_up)?, &layer.down)?);
+            let mut down = b.linear(&b.silu_mul(&gate_up)?, &layer.down)?;
+            if self.shard.size > 1 {
+                b.all_reduce(&mut down)?;
+            }
+            mlp_out = Some(down);
         }
         let x = match &mlp_out {
             Some(h) => b.add_rms_norm(h, &mut residual, &self.norm, eps)?,
@@ -114,7 +185,11 @@ impl<B: Backend> Llama<B> {
         };
         // Only rows that sample need the LM head.
         let rows = b.sample_rows(&x, meta)?;
-        b.linear(&rows, self.lm_head.as_ref().unwrap_or(&self.embed))
+        let logits = b.linear(&rows, self.lm_head.as_ref().unwrap_or(&self.embed))?;
+        if self.shard.size > 1 {
+            return b.all_gather_cols(logits);
+        }
+        Ok(logits)
     }
 
     /// Warms every GEMM shape of the model (layers share theirs): up to

@@ -4,9 +4,10 @@
 //! returns the table the simulator's `profiled` cost model reads
 //! (`servetwin_sim::profile`, where the CSV format is documented).
 //!
-//! Generic over `Backend`: the same code profiles the CPU backend in tests
-//! and a GPU backend on the GPU. Each shape runs `warmup` times untimed,
-//! then `repeats` times; the row keeps the median, min and max.
+//! Generic over `Runner`: the same code profiles the CPU backend in tests,
+//! and one GPU or a tensor-parallel group of them on the GPU machine. Each
+//! shape runs `warmup` times untimed, then `repeats` times; the row keeps
+//! the median, min and max.
 
 use servetwin_sim::profile::{model_shape, Profile, ProfileRow, RowKind};
 use servetwin_sim::scenario::Loaded;
@@ -14,7 +15,7 @@ use servetwin_sim::sched::{Limits, Seq};
 use servetwin_sim::step::{Executor, Step, StepOutcome};
 use servetwin_sim::workload::Request;
 
-use crate::backend::Backend;
+use crate::runner::Runner;
 use crate::executor::WallClock;
 use crate::{driver, EngineError, Result};
 
@@ -122,34 +123,32 @@ pub enum Progress<'a> {
     Skipped(&'a ProfileRow, String),
 }
 
-/// Profiles `loaded`'s model on `backend` over `grid`. `meta` is written
+/// Profiles `loaded`'s model on `runner` over `grid`. `meta` is written
 /// after the profiler's own metadata (model, dtype, grid, …): the caller's
 /// device, driver, commit and date.
-pub fn profile<B: Backend>(
-    backend: B,
+pub fn profile<R: Runner>(
+    runner: R,
     loaded: &Loaded,
     grid: &Grid,
     meta: Vec<(String, String)>,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<Profile> {
-    let backend_name = backend.name();
-    let dtype = match backend.elem_bytes() {
+    let info = runner.info().clone();
+    let dtype = match info.elem_bytes {
         4 => "fp32",
         2 => "bf16",
         1 => "fp8",
         _ => "unknown",
     };
     let clock = WallClock::default();
-    let model = driver::load_model(&backend, loaded)?;
     // A device with its own memory holds what is left after the weights
     // (the most context the grid can reach), an override at most that.
     let mut loaded = loaded.clone();
-    if let Some(fit) = driver::kv_blocks_that_fit(&backend, &loaded) {
+    if let Some(fit) = info.kv_blocks_fit {
         loaded.kv_blocks_per_replica = loaded.scenario.scheduler.num_gpu_blocks_override.map_or(fit, |n| n.min(fit));
     }
-    let device = backend.device_name();
     let loaded = &loaded;
-    let mut exec = driver::executor(backend, model, loaded, clock.clone())?;
+    let mut exec = driver::executor(runner, loaded, clock.clone())?;
     let m = &loaded.model;
     let s = &loaded.scenario;
     let mut out = Profile {
@@ -158,8 +157,9 @@ pub fn profile<B: Backend>(
             ("model".into(), m.name.clone()),
             ("model_shape".into(), model_shape(m)),
             ("dtype".into(), dtype.into()),
-            ("backend".into(), backend_name.into()),
-            ("device".into(), device),
+            ("backend".into(), info.backend.into()),
+            ("device".into(), info.device.clone()),
+            ("tp".into(), info.tp.to_string()),
             ("hardware".into(), loaded.gpu.name.clone()),
             ("grid".into(), grid.name.into()),
             ("warmup".into(), grid.warmup.to_string()),

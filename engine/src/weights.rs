@@ -52,40 +52,13 @@ pub fn expected_tensors(m: &ModelConfig) -> Vec<(String, Vec<usize>)> {
 }
 
 impl HostWeights {
-    /// Norm weights 1; every other tensor uniform with mean 0 and standard
-    /// deviation `std`. Each chunk of 64 Ki values draws from its own ChaCha
-    /// stream keyed by the seed, the tensor's name and the chunk's index, so
-    /// a tensor does not change when others do, and the chunks of an 8B
-    /// model fill in parallel on every core.
+    /// Every tensor of `dummy_tensor`, at once.
     pub fn dummy(m: &ModelConfig, seed: u64, std: f64) -> HostWeights {
-        const CHUNK: usize = 1 << 16;
-        let half_width = (std * 3f64.sqrt()) as f32; // U(−a, a) has σ = a/√3
-        let mut tensors: BTreeMap<String, HostTensor> = expected_tensors(m)
-            .into_iter()
-            .map(|(name, shape)| {
-                let n = shape.iter().product();
-                let fill = if name.ends_with("norm.weight") { 1.0 } else { 0.0 };
-                (name, HostTensor { shape, data: vec![fill; n] })
-            })
-            .collect();
-        let mut jobs: Vec<(u64, &mut [f32])> = Vec::new();
-        for (name, t) in tensors.iter_mut().filter(|(n, _)| !n.ends_with("norm.weight")) {
-            let key = name.bytes().fold(mix64(seed ^ 0xD0_33E5), |h, b| mix64(h ^ b as u64));
-            jobs.extend(t.data.chunks_mut(CHUNK).enumerate().map(|(i, c)| (mix64(key ^ i as u64), c)));
-        }
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let per = jobs.len().div_ceil(threads).max(1);
-        std::thread::scope(|s| {
-            for part in jobs.chunks_mut(per) {
-                s.spawn(move || {
-                    for (key, chunk) in part.iter_mut() {
-                        let mut rng = ChaCha8Rng::seed_from_u64(*key);
-                        chunk.iter_mut().for_each(|x| *x = rng.random_range(-half_width..half_width));
-                    }
-                });
-            }
+        let tensors = expected_tensors(m).into_iter().map(|(name, shape)| {
+            let t = dummy_tensor(seed, std, &name, shape);
+            (name, t)
         });
-        HostWeights { tensors }
+        HostWeights { tensors: tensors.collect() }
     }
 
     /// Reads every *.safetensors file in `dir` and checks the result against
@@ -146,6 +119,62 @@ impl HostWeights {
 
     pub fn get(&self, name: &str) -> &HostTensor {
         &self.tensors[name]
+    }
+}
+
+/// Norm weights 1; every other tensor uniform with mean 0 and standard
+/// deviation `std`. Each chunk of 64 Ki values draws from its own ChaCha
+/// stream keyed by the seed, the tensor's name and the chunk's index, so a
+/// tensor does not depend on the others (a rank of a tensor-parallel group
+/// draws only the tensors it loads, one at a time, and gets the values a
+/// single GPU gets), and the chunks fill in parallel on every core.
+pub fn dummy_tensor(seed: u64, std: f64, name: &str, shape: Vec<usize>) -> HostTensor {
+    const CHUNK: usize = 1 << 16;
+    let n = shape.iter().product();
+    if name.ends_with("norm.weight") {
+        return HostTensor { shape, data: vec![1.0; n] };
+    }
+    let half_width = (std * 3f64.sqrt()) as f32; // U(−a, a) has σ = a/√3
+    let mut data = vec![0.0f32; n];
+    let key = name.bytes().fold(mix64(seed ^ 0xD0_33E5), |h, b| mix64(h ^ b as u64));
+    let mut jobs: Vec<(u64, &mut [f32])> = data.chunks_mut(CHUNK).enumerate().map(|(i, c)| (mix64(key ^ i as u64), c)).collect();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let per = jobs.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        for part in jobs.chunks_mut(per) {
+            s.spawn(move || {
+                for (key, chunk) in part.iter_mut() {
+                    let mut rng = ChaCha8Rng::seed_from_u64(*key);
+                    chunk.iter_mut().for_each(|x| *x = rng.random_range(-half_width..half_width));
+                }
+            });
+        }
+    });
+    HostTensor { shape, data }
+}
+
+/// Where a model's tensors come from: a checkpoint read whole (shared by
+/// the ranks of a group), or dummy values drawn one tensor at a time when
+/// asked for, so that a 70B model never sits whole in host memory.
+#[derive(Debug, Clone)]
+pub enum WeightSource {
+    Host(std::sync::Arc<HostWeights>),
+    Dummy { shapes: BTreeMap<String, Vec<usize>>, seed: u64, std: f64 },
+}
+
+impl WeightSource {
+    pub fn dummy(m: &ModelConfig, seed: u64, std: f64) -> Self {
+        WeightSource::Dummy { shapes: expected_tensors(m).into_iter().collect(), seed, std }
+    }
+
+    /// Tensor `name` (one the model's `expected_tensors` lists).
+    pub fn get(&self, name: &str) -> std::borrow::Cow<'_, HostTensor> {
+        match self {
+            WeightSource::Host(w) => std::borrow::Cow::Borrowed(w.get(name)),
+            WeightSource::Dummy { shapes, seed, std } => {
+                std::borrow::Cow::Owned(dummy_tensor(*seed, *std, name, shapes[name].clone()))
+            }
+        }
     }
 }
 

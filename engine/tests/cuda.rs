@@ -8,8 +8,8 @@
 use servetwin_engine::backend::cpu::CpuBackend;
 use servetwin_engine::backend::cuda::CudaBackend;
 use servetwin_engine::backend::{AttnShape, Backend, BatchMeta, SampleParams};
-use servetwin_engine::llama::Llama;
-use servetwin_engine::weights::HostWeights;
+use servetwin_engine::llama::{Llama, Shard};
+use servetwin_engine::weights::{HostWeights, WeightSource};
 use servetwin_engine::{rope, sampler};
 use servetwin_sim::model::{ModelConfig, ModelSpec, RopeScaling};
 use servetwin_sim::prefix::mix64;
@@ -86,7 +86,7 @@ fn dense_ops_match(g: &CudaBackend, c: &CpuBackend, t: usize, h: usize, i: usize
 #[test]
 fn every_op_matches_the_cpu_backend() {
     let Some(g) = gpu() else { return };
-    let c = CpuBackend;
+    let c = CpuBackend::default();
     // Dense ops: a small shape, and the whole-model test's second model's
     // (hidden 512, intermediate 1024) over that test's first step's rows.
     for (t, h, i) in [(37usize, 256usize, 192usize), (54, 512, 1024)] {
@@ -113,7 +113,7 @@ fn every_op_matches_the_cpu_backend() {
 #[test]
 fn paged_attention_matches_for_every_head_shape() {
     let Some(g) = gpu() else { return };
-    let c = CpuBackend;
+    let c = CpuBackend::default();
     for (hd, nq, nkv) in [(64u32, 4u32, 4u32), (64, 8, 2), (128, 8, 1), (128, 32, 8), (128, 4, 2), (64, 4, 1)] {
         let s = AttnShape { q_heads: nq, kv_heads: nkv, head_dim: hd };
         let table = rope::cos_sin_table(4200, &rope::inv_freq(hd, 500_000.0, None));
@@ -142,7 +142,7 @@ fn attention_with_whole_block_tables_matches() {
     // The whole-model test's first step: tables of 64 blocks per sequence
     // (more than the tokens need), scattered over a 256-block cache.
     let Some(g) = gpu() else { return };
-    let c = CpuBackend;
+    let c = CpuBackend::default();
     for (hd, nq, nkv) in [(64u32, 4u32, 1u32), (128, 4, 2), (64, 8, 8)] {
         let s = AttnShape { q_heads: nq, kv_heads: nkv, head_dim: hd };
         let table = rope::cos_sin_table(1024, &rope::inv_freq(hd, 500_000.0, None));
@@ -190,7 +190,7 @@ fn model(hd: u32, nq: u32, nkv: u32, tied: bool) -> ModelConfig {
 /// each sequence got: its greedy ones, or `force`'s (teacher forcing, so
 /// that two backends see the same inputs even past a near-tie).
 fn run_model<B: Backend>(b: &B, m: &ModelConfig, w: &HostWeights, prompts: &[usize], chunk: u32, decodes: usize, force: Option<&[Vec<u32>]>) -> (Vec<Vec<f32>>, Vec<Vec<u32>>) {
-    let model = Llama::new(b, m, w, 1024).unwrap();
+    let model = Llama::new(b, m, &WeightSource::Host(w.clone().into()), 1024, Shard::WHOLE).unwrap();
     let mut kv = model.kv_caches(b, 256, 16).unwrap();
     let mut toks: Vec<Vec<u32>> = prompts.iter().enumerate().map(|(s, &n)| (0..n).map(|i| (mix64((s * 1000 + i) as u64) % 512) as u32).collect()).collect();
     let mut done = vec![0u32; prompts.len()];
@@ -240,7 +240,7 @@ fn whole_model_logits_and_greedy_tokens_match_the_cpu() {
         let mut wr = w.clone();
         wr.tensors.values_mut().for_each(|t| t.data.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32()));
         let prompts = [70usize, 5, 33, 1];
-        let (lc, tc) = run_model(&CpuBackend, &m, &wr, &prompts, 24, 12, None);
+        let (lc, tc) = run_model(&CpuBackend::default(), &m, &wr, &prompts, 24, 12, None);
         // Logits compared on the same inputs: the GPU fed the CPU's tokens
         // (free-running, a near-tie that breaks the other way would feed the
         // two different tokens from then on, and their logits would differ

@@ -6,8 +6,8 @@
 use proptest::prelude::*;
 use servetwin_engine::backend::cpu::CpuBackend;
 use servetwin_engine::backend::{Backend, BatchMeta, SampleParams};
-use servetwin_engine::llama::Llama;
-use servetwin_engine::weights::HostWeights;
+use servetwin_engine::llama::{Llama, Shard};
+use servetwin_engine::weights::{HostWeights, WeightSource};
 use servetwin_engine::{reference, sampler};
 use servetwin_sim::model::{ModelConfig, ModelSpec, RopeScaling};
 
@@ -47,8 +47,8 @@ struct SeqState {
 /// sequence takes a chunk of at most `chunk` prompt tokens, or one decode
 /// token once its prompt is in; `decodes` greedy tokens each.
 fn run(m: &ModelConfig, w: &HostWeights, prompts: &[Vec<u32>], chunk: usize, block_size: u32, decodes: usize, pool_seed: u64) -> Vec<SeqState> {
-    let b = CpuBackend;
-    let model = Llama::new(&b, m, w, 256).unwrap();
+    let b = CpuBackend::default();
+    let model = Llama::new(&b, m, &WeightSource::Host(w.clone().into()), 256, Shard::WHOLE).unwrap();
     let num_blocks = 256;
     let mut kv = model.kv_caches(&b, num_blocks, block_size).unwrap();
     // Blocks handed out in a scrambled order, so tables are not contiguous.

@@ -36,6 +36,7 @@ const MODULES: &[ModuleSource] = &[
             "rope_kv_write_bf16",
             "silu_mul_bf16",
             "fill_uniform_bf16",
+            "interleave_parts_bf16",
         ],
     },
     ModuleSource {
@@ -97,6 +98,12 @@ pub fn cuda_libraries_present() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// GPUs the driver sees.
+pub fn device_count() -> Result<usize> {
+    cuda_libraries_present()?;
+    Ok(CudaContext::device_count()? as usize)
 }
 
 /// Where NVRTC finds `cuda_bf16.h` (NVRTC 13 ships no copy of its own):

@@ -237,6 +237,31 @@ impl Gpu {
         Ok(())
     }
 
+    /// `dst[r, p·cols + c] = src[p, r, c]`: an all-gather's stacked parts
+    /// ([parts, rows, cols]) as one [rows, parts·cols] matrix.
+    pub fn interleave_parts(
+        &self,
+        src: &impl DevicePtr<bf16>,
+        dst: &mut impl DevicePtrMut<bf16>,
+        parts: usize,
+        rows: usize,
+        cols: usize,
+    ) -> Result<()> {
+        let s = &self.stream;
+        let (sp, src_len) = rd(s, src);
+        let (dp, dst_len) = wr(s, dst);
+        check_buf("src", sp, src_len, parts * rows * cols)?;
+        check_buf("dst", dp, dst_len, parts * rows * cols)?;
+        let (p, r, c) = (i32_arg(parts, "parts")?, i32_arg(rows, "rows")?, i32_arg(cols, "cols")?);
+        let blocks = (parts * rows * cols).div_ceil(256).clamp(1, self.num_sms as usize * 16);
+        let f = self.function("interleave_parts_bf16")?;
+        let mut b = s.launch_builder(f);
+        b.arg(&sp).arg(&dp).arg(&p).arg(&r).arg(&c);
+        // SAFETY: both buffers checked above to hold parts·rows·cols values.
+        unsafe { b.launch(grid(blocks, 256)?) }?;
+        Ok(())
+    }
+
     /// Greedy token per row: `out[r] = argmax(logits[r, :vocab])`, ties to
     /// the lowest id.
     pub fn argmax<L: Logit>(

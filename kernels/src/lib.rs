@@ -62,7 +62,7 @@ pub use attention::decode_partition_keys;
 pub use cudarc;
 pub use error::{KernelError, Result};
 pub use gemm::{GemmOut, GEMV_MAX_TOKENS};
-pub use gpu::{compile_module_cubin, compiled_modules, cuda_libraries_present, Gpu};
+pub use gpu::{compile_module_cubin, compiled_modules, cuda_libraries_present, device_count, Gpu};
 pub use launch::Logit;
 pub use meta::{BatchMeta, DeviceMeta, SeqSpec};
 pub use rope::{cos_sin_table, inv_freq, Llama3Scaling, RopeTable};

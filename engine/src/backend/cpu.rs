@@ -6,10 +6,20 @@
 use candle_core::{DType, Device, Tensor};
 
 use super::{AttnShape, Backend, BatchMeta, SampleParams};
+use crate::comm::CpuComm;
 use crate::{sampler, Result};
 
-#[derive(Debug, Default, Clone, Copy)]
-pub struct CpuBackend;
+/// Alone, or one rank of a tensor-parallel group.
+#[derive(Debug, Default, Clone)]
+pub struct CpuBackend {
+    comm: Option<CpuComm>,
+}
+
+impl CpuBackend {
+    pub fn in_group(comm: CpuComm) -> Self {
+        CpuBackend { comm: Some(comm) }
+    }
+}
 
 /// One layer's K and V, [num_blocks, kv_heads, block_size, head_dim] each.
 #[derive(Debug, Clone)]
@@ -191,6 +201,28 @@ impl Backend for CpuBackend {
         let v = logits.dim(1)?;
         let all = host(&logits.to_dtype(DType::F32)?)?;
         Ok(all.chunks_exact(v).zip(params).map(|(row, p)| sampler::sample(row, p)).collect())
+    }
+
+    fn all_reduce(&self, x: &mut Tensor) -> Result<()> {
+        if let Some(c) = &self.comm {
+            let mut v = host(x)?;
+            c.all_reduce(&mut v)?;
+            *x = Tensor::from_vec(v, x.dims(), &Device::Cpu)?;
+        }
+        Ok(())
+    }
+
+    fn all_gather_cols(&self, x: Tensor) -> Result<Tensor> {
+        let Some(c) = &self.comm else { return Ok(x) };
+        let (rows, cols) = x.dims2()?;
+        let v = c.all_gather_cols(&host(&x)?, cols)?;
+        Ok(Tensor::from_vec(v, (rows, cols * c.size()), &Device::Cpu)?)
+    }
+
+    fn abort_group(&self) {
+        if let Some(c) = &self.comm {
+            c.abort();
+        }
     }
 
     fn to_host(&self, x: &Tensor) -> Result<Vec<f32>> {

@@ -6,6 +6,7 @@
 
 use half::bf16;
 use servetwin_kernels::cudarc::driver::CudaSlice;
+use servetwin_kernels::cudarc::nccl::{Comm, Id, ReduceOp};
 use servetwin_kernels::{AttnShape as KShape, BatchMeta as KMeta, DeviceMeta, Gpu, RopeTable, SeqSpec};
 
 use super::{AttnShape, Backend, BatchMeta, SampleParams};
@@ -20,13 +21,46 @@ const ELEM_BYTES: u64 = 2;
 
 pub struct CudaBackend {
     pub gpu: Gpu,
+    /// This GPU's NCCL communicator in a tensor-parallel group.
+    comm: Option<Comm>,
+}
+
+fn nccl_err(e: impl std::fmt::Debug) -> EngineError {
+    EngineError::Backend(format!("NCCL: {e:?}"))
 }
 
 impl CudaBackend {
     /// Opens GPU `ordinal` and compiles the kernels; "no CUDA driver found"
     /// where there is none.
     pub fn new(ordinal: usize) -> Result<Self> {
-        Ok(CudaBackend { gpu: Gpu::new(ordinal).map_err(err)? })
+        Ok(CudaBackend { gpu: Gpu::new(ordinal).map_err(err)?, comm: None })
+    }
+
+    /// Rank `rank` of a `size`-GPU group on GPU `rank`, joined through the
+    /// NCCL id that every rank shares (blocks until all have joined).
+    pub fn in_group(rank: usize, size: usize, id: Id) -> Result<Self> {
+        let gpu = Gpu::new(rank).map_err(err)?;
+        let comm = Comm::from_rank(gpu.stream().clone(), rank, size, id).map_err(nccl_err)?;
+        Ok(CudaBackend { gpu, comm: Some(comm) })
+    }
+
+    /// A new group's id, once libnccl is known to load (cudarc panics
+    /// where it does not).
+    pub fn group_id() -> Result<Id> {
+        // SAFETY: only tries to open the library.
+        if !unsafe { servetwin_kernels::cudarc::nccl::sys::is_culib_present() } {
+            return Err(EngineError::Backend(
+                "tensor parallelism needs NCCL: no libnccl.so found (put the directory holding it, e.g. pip's \
+                 nvidia/nccl/lib with a libnccl.so link to libnccl.so.2, on LD_LIBRARY_PATH)"
+                    .into(),
+            ));
+        }
+        Id::new().map_err(nccl_err)
+    }
+
+    /// This GPU's communicator, in a group.
+    pub fn comm(&self) -> Option<&Comm> {
+        self.comm.as_ref()
     }
 
     /// Free and total device memory, in bytes.
@@ -286,6 +320,27 @@ impl Backend for CudaBackend {
         }
         let ids = self.gpu.download(&out).map_err(err)?;
         Ok(ids.into_iter().take(rows).map(|x| x as u32).collect())
+    }
+
+    fn all_reduce(&self, x: &mut GpuTensor) -> Result<()> {
+        let Some(c) = &self.comm else { return Ok(()) };
+        let n = x.rows * x.cols;
+        if n > 0 {
+            c.all_reduce_in_place(&mut x.buf.slice_mut(..n), &ReduceOp::Sum).map_err(nccl_err)?;
+        }
+        Ok(())
+    }
+
+    fn all_gather_cols(&self, x: GpuTensor) -> Result<GpuTensor> {
+        let Some(c) = &self.comm else { return Ok(x) };
+        let (parts, n) = (c.world_size(), x.rows * x.cols);
+        let mut stacked = self.alloc(parts * n)?;
+        let mut out = self.alloc(parts * n)?;
+        if n > 0 {
+            c.all_gather(&x.buf.slice(..n), &mut stacked).map_err(nccl_err)?;
+            self.gpu.interleave_parts(&stacked, &mut out, parts, x.rows, x.cols).map_err(err)?;
+        }
+        Ok(GpuTensor { buf: out, rows: x.rows, cols: parts * x.cols })
     }
 
     fn to_host(&self, x: &GpuTensor) -> Result<Vec<f32>> {

@@ -197,6 +197,19 @@ pub trait Backend {
     fn sample_rows(&self, x: &Self::Tensor, meta: &Self::Meta) -> Result<Self::Tensor>;
     /// One token per row of `logits`.
     fn sample(&self, logits: &Self::Tensor, params: &[SampleParams]) -> Result<Vec<u32>>;
+    /// Sums `x` over the backend's tensor-parallel group, in place, every
+    /// rank getting the same bits (identity without a group).
+    fn all_reduce(&self, _x: &mut Self::Tensor) -> Result<()> {
+        Ok(())
+    }
+    /// Joins every rank's [rows, cols] into [rows, N × cols], rank 0's
+    /// columns first (identity without a group).
+    fn all_gather_cols(&self, x: Self::Tensor) -> Result<Self::Tensor> {
+        Ok(x)
+    }
+    /// Makes the other ranks' collectives fail instead of waiting for this
+    /// rank, which has failed.
+    fn abort_group(&self) {}
     /// Row-major f32 copy on the host (tests, comparisons).
     fn to_host(&self, x: &Self::Tensor) -> Result<Vec<f32>>;
     /// Waits for queued work (timing).
