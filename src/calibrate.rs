@@ -21,7 +21,8 @@ fn deployment(profile: &Profile, scenario: Option<&Path>, set: &[String]) -> any
     let model = profile.meta("model").filter(|m| *m != "custom").with_context(|| {
         format!("{}: names no catalog model (custom models need --scenario with their [model])", profile.path.display())
     })?;
-    let mut all = vec![format!("model.name={model}")];
+    let tp = profile.tp();
+    let mut all = vec![format!("model.name={model}"), format!("hardware.count={tp}"), format!("parallelism.tp={tp}")];
     if let Some(g) = profile.meta("hardware") {
         all.push(format!("hardware.gpu={g}"));
     }
@@ -29,13 +30,18 @@ fn deployment(profile: &Profile, scenario: Option<&Path>, set: &[String]) -> any
     Ok(scenario::load_str("", Path::new("calibrate"), &all)?)
 }
 
-pub fn run(profile: &Path, scenario: Option<&Path>, set: &[String], out: Option<PathBuf>) -> anyhow::Result<()> {
+pub fn run(profile: &Path, scenario: Option<&Path>, set: &[String], out: Option<PathBuf>, allreduce: Option<&Path>) -> anyhow::Result<()> {
     let p = Profile::read(profile)?;
     let loaded = deployment(&p, scenario, set)?;
     p.check_model(&loaded.model)?;
     let base = &loaded.scenario.cost;
-    let f = fit(&p.rows, &loaded.model, &loaded.gpu, base);
-    let text = to_toml(&f, &profile.display().to_string());
+    let tp = loaded.scenario.parallelism.tp;
+    p.check_tp(tp)?;
+    let f = fit(&p.rows, &loaded.model, &loaded.gpu, base, tp);
+    let mut text = to_toml(&f, &profile.display().to_string());
+    if let Some(path) = allreduce {
+        text += &allreduce_toml(path)?;
+    }
     println!("Roofline fitted to {} rows of {} on {}'s peaks:", f.points, profile.display(), loaded.gpu.name);
     print!("{}", text.lines().filter(|l| !l.starts_with('#')).map(|l| format!("  {l}\n")).collect::<String>());
     println!("fit error: MAPE {:.2} %, worst {:.2} %", f.mape_pct, f.max_ape_pct);
@@ -44,7 +50,7 @@ pub fn run(profile: &Path, scenario: Option<&Path>, set: &[String], out: Option<
     }
     let mixed: Vec<_> = p.rows.iter().filter(|r| r.kind == RowKind::Mixed).collect();
     if !mixed.is_empty() {
-        let model = ProfiledCost::new(&p, &loaded.model, &loaded.gpu, base)?;
+        let model = ProfiledCost::new(&p, &loaded.model, &loaded.gpu, base, tp)?;
         let ape: f64 = mixed
             .iter()
             .map(|r| (model.step_cost(&r.shape()).duration_ns as f64 / r.median_ns as f64 - 1.0).abs())
@@ -57,4 +63,21 @@ pub fn run(profile: &Path, scenario: Option<&Path>, set: &[String], out: Option<
         println!("written to {}", out.display());
     }
     Ok(())
+}
+
+/// The all-reduce fit of an `engine allreduce` JSON, as `[cost]` lines.
+fn allreduce_toml(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    let fit: servetwin_engine::collective::Fit = serde_json::from_value(v["fit"].clone())
+        .with_context(|| format!("{}: no \"fit\" object (write it with servetwin engine allreduce)", path.display()))?;
+    Ok(format!(
+        "# all-reduce fitted to {} ({} GPUs, {}): mean error {:.2} %\nallreduce_latency_us = {:.3}\nlink_efficiency = {:.6}\n",
+        path.display(),
+        v["tp"],
+        v["device"].as_str().unwrap_or("?"),
+        100.0 * fit.mean_abs_error,
+        fit.allreduce_latency_us,
+        fit.link_efficiency.min(1.0)
+    ))
 }

@@ -78,6 +78,71 @@ pub fn bench(model: &str, set: &[String], backend: BackendKind, tp: u32, quick: 
     bench_on(start(backend, &loaded)?, &loaded, quick, out)
 }
 
+/// `engine allreduce`: NCCL all-reduce time against size on `tp` GPUs,
+/// beside the simulator's prediction for the scenario's GPU (`--set
+/// hardware.gpu=…`), and the fit of that model's two parameters.
+pub fn allreduce(model: &str, tp: u32, set: &[String], out: &Path) -> anyhow::Result<()> {
+    use servetwin_engine::collective::{self, Point};
+    let text = format!("[model]\nname = {model:?}\n[hardware]\ncount = {tp}\n[parallelism]\ntp = {tp}\n");
+    let loaded = servetwin_sim::scenario::load_str(&text, Path::new("engine-allreduce.toml"), set)?;
+    let roofline = servetwin_sim::cost::Roofline::sharded(&loaded.shard, &loaded.gpu, &loaded.scenario.cost, tp);
+    let sizes = collective::default_sizes(loaded.model.hidden_size as u64);
+    let (times, device) = time_allreduce(tp, &sizes)?;
+    let ring = 2.0 * (tp as f64 - 1.0) / tp as f64;
+    let points: Vec<Point> = sizes
+        .iter()
+        .zip(&times)
+        .map(|(&bytes, &(median_us, min_us))| Point {
+            bytes,
+            median_us,
+            min_us,
+            bus_gb_per_s: ring * bytes as f64 / median_us * 1e-3,
+            predicted_us: roofline.allreduce_time_s(bytes as f64) * 1e6,
+        })
+        .collect();
+    let link = loaded.gpu.collective_bytes_per_s(tp);
+    let fit = collective::fit(&points, tp, link);
+    println!("all-reduce of bf16 on {tp} × {device}; simulator: {} ({:.0} GB/s link, {} µs latency)", loaded.gpu.name, link / 1e9, loaded.scenario.cost.allreduce_latency_us);
+    println!("{:>12}{:>12}{:>12}{:>12}{:>14}{:>9}", "bytes", "median µs", "min µs", "bus GB/s", "predicted µs", "error");
+    for p in &points {
+        let err = 100.0 * (p.predicted_us / p.median_us - 1.0);
+        println!("{:>12}{:>12.2}{:>12.2}{:>12.1}{:>14.2}{:>8.1}%", p.bytes, p.median_us, p.min_us, p.bus_gb_per_s, p.predicted_us, err);
+    }
+    if let Some(f) = &fit {
+        println!(
+            "fit: allreduce_latency_us = {:.2}, bus {:.0} GB/s = link_efficiency {:.3} of {:.0} GB/s; mean |error| {:.2} %",
+            f.allreduce_latency_us,
+            f.bus_bytes_per_s / 1e9,
+            f.link_efficiency,
+            link / 1e9,
+            100.0 * f.mean_abs_error
+        );
+    }
+    let json = serde_json::json!({
+        "device": device,
+        "tp": tp,
+        "hardware": loaded.gpu.name,
+        "link_bytes_per_s": link,
+        "commit": std::env::var("SERVETWIN_COMMIT").unwrap_or_else(|_| "unknown".into()),
+        "date": chrono::Utc::now().to_rfc3339(),
+        "points": points,
+        "fit": fit,
+    });
+    std::fs::write(out, serde_json::to_string_pretty(&json)? + "\n").with_context(|| format!("writing {}", out.display()))?;
+    println!("written to {}", out.display());
+    Ok(())
+}
+
+#[cfg(feature = "cuda")]
+fn time_allreduce(tp: u32, sizes: &[u64]) -> anyhow::Result<(Vec<(f64, f64)>, String)> {
+    Ok(servetwin_engine::backend::cuda::time_allreduce(tp as usize, sizes)?)
+}
+
+#[cfg(not(feature = "cuda"))]
+fn time_allreduce(_tp: u32, _sizes: &[u64]) -> anyhow::Result<(Vec<(f64, f64)>, String)> {
+    Err(no_cuda().into())
+}
+
 #[cfg(not(feature = "cuda"))]
 pub fn no_cuda() -> EngineError {
     EngineError::Unsupported {

@@ -138,6 +138,10 @@ enum Command {
         /// Write the fitted `[cost]` values (TOML) here.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// `engine allreduce` JSON whose fitted all-reduce latency and link
+        /// efficiency join the fitted values.
+        #[arg(long)]
+        allreduce: Option<PathBuf>,
     },
     /// Simulated against measured: every metric's relative error and the
     /// per-step duration error of two run directories.
@@ -210,6 +214,23 @@ enum EngineCommand {
         quick: bool,
         /// JSON output file.
         #[arg(long, default_value = "engine-bench.json")]
+        out: PathBuf,
+    },
+    /// Time one all-reduce of a tensor-parallel group of GPUs against its
+    /// size (NCCL, bf16), beside the simulator's model of it, and fit that
+    /// model's latency and link efficiency; prints a table, writes JSON.
+    Allreduce {
+        /// GPUs in the group.
+        #[arg(long, default_value_t = 2)]
+        tp: u32,
+        /// Catalog model whose activation sizes are among the messages.
+        #[arg(long, default_value = "llama-3.1-8b")]
+        model: String,
+        /// Any scenario key, e.g. --set hardware.gpu=\"h200\"
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// JSON output file.
+        #[arg(long, default_value = "allreduce.json")]
         out: PathBuf,
     },
     /// Time the engine's step over a grid of batch shapes and write the
@@ -312,10 +333,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Engine(EngineCommand::Bench { model, backend, set, tp, quick, out }) => engine::bench(&model, &set, backend, tp, quick, &out),
+        Command::Engine(EngineCommand::Allreduce { tp, model, set, out }) => engine::allreduce(&model, tp, &set, &out),
         Command::Engine(EngineCommand::Profile { scenario, model, backend, grid, set, out, quiet }) => {
             profile::run(profile::Args { scenario, model, backend, grid, set, out, quiet })
         }
-        Command::Calibrate { profile, scenario, set, out } => calibrate::run(&profile, scenario.as_deref(), &set, out),
+        Command::Calibrate { profile, scenario, set, out, allreduce } => {
+            calibrate::run(&profile, scenario.as_deref(), &set, out, allreduce.as_deref())
+        }
         Command::Compare { sim_run, engine_run } => compare::compare(&sim_run, &engine_run),
         Command::Validate { dir, profile, check, json } => compare::validate(&dir, profile.as_deref(), check, json),
         Command::Engine(EngineCommand::Run { scenario, backend, mode, mut set, out, seed, quiet }) => {

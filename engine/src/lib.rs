@@ -12,6 +12,7 @@
 //!   oracle the paged, batched path is tested against.
 //! - `tokens`, `sampler`: prompt token ids from a request's content, and
 //!   greedy / temperature / top-p sampling from per-token seeded draws.
+//! - `collective`: all-reduce time against size, and its model's fit.
 //! - `comm`: the CPU backend's tensor-parallel communicator.
 //! - `runner`: one device, or a tensor-parallel group on threads.
 //! - `executor`, `driver`: the engine's `Executor` and the wall-clock run.
@@ -20,6 +21,7 @@
 
 pub mod backend;
 pub mod bench;
+pub mod collective;
 pub mod comm;
 pub mod driver;
 pub mod executor;

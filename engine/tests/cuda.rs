@@ -189,8 +189,20 @@ fn model(hd: u32, nq: u32, nkv: u32, tied: bool) -> ModelConfig {
 /// Logits of every step of a chunked, batched run on `b`, plus the tokens
 /// each sequence got: its greedy ones, or `force`'s (teacher forcing, so
 /// that two backends see the same inputs even past a near-tie).
-fn run_model<B: Backend>(b: &B, m: &ModelConfig, w: &HostWeights, prompts: &[usize], chunk: u32, decodes: usize, force: Option<&[Vec<u32>]>) -> (Vec<Vec<f32>>, Vec<Vec<u32>>) {
-    let model = Llama::new(b, m, &WeightSource::Host(w.clone().into()), 1024, Shard::WHOLE).unwrap();
+/// `shard`: the part of the model `b` holds (its group's other ranks run
+/// the same steps on their threads).
+#[allow(clippy::too_many_arguments)]
+fn run_model<B: Backend>(
+    b: &B,
+    m: &ModelConfig,
+    w: &HostWeights,
+    shard: Shard,
+    prompts: &[usize],
+    chunk: u32,
+    decodes: usize,
+    force: Option<&[Vec<u32>]>,
+) -> (Vec<Vec<f32>>, Vec<Vec<u32>>) {
+    let model = Llama::new(b, m, &WeightSource::Host(w.clone().into()), 1024, shard).unwrap();
     let mut kv = model.kv_caches(b, 256, 16).unwrap();
     let mut toks: Vec<Vec<u32>> = prompts.iter().enumerate().map(|(s, &n)| (0..n).map(|i| (mix64((s * 1000 + i) as u64) % 512) as u32).collect()).collect();
     let mut done = vec![0u32; prompts.len()];
@@ -240,14 +252,14 @@ fn whole_model_logits_and_greedy_tokens_match_the_cpu() {
         let mut wr = w.clone();
         wr.tensors.values_mut().for_each(|t| t.data.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32()));
         let prompts = [70usize, 5, 33, 1];
-        let (lc, tc) = run_model(&CpuBackend::default(), &m, &wr, &prompts, 24, 12, None);
+        let (lc, tc) = run_model(&CpuBackend::default(), &m, &wr, Shard::WHOLE, &prompts, 24, 12, None);
         // Logits compared on the same inputs: the GPU fed the CPU's tokens
         // (free-running, a near-tie that breaks the other way would feed the
         // two different tokens from then on, and their logits would differ
         // by whole units without either being wrong).
-        let (lg, forced) = run_model(&g, &m, &w, &prompts, 24, 12, Some(&tc));
+        let (lg, forced) = run_model(&g, &m, &w, Shard::WHOLE, &prompts, 24, 12, Some(&tc));
         assert_eq!(forced, tc);
-        let (_, tg) = run_model(&g, &m, &w, &prompts, 24, 12, None);
+        let (_, tg) = run_model(&g, &m, &w, Shard::WHOLE, &prompts, 24, 12, None);
         assert_eq!(lc.len(), lg.len());
         let mut worst = 0.0f32;
         for (a, b) in lg.iter().zip(&lc) {
@@ -276,5 +288,56 @@ fn whole_model_logits_and_greedy_tokens_match_the_cpu() {
         }
         println!("  {compared} greedy tokens compared, all equal");
         assert!(compared >= 24, "most tokens were compared");
+    }
+}
+
+/// Runs `run_model` on GPUs 0 and 1 as a 2-way tensor-parallel group;
+/// returns each rank's result.
+fn run_tp2(m: &ModelConfig, w: &HostWeights, prompts: &[usize], force: Option<&[Vec<u32>]>) -> Vec<(Vec<Vec<f32>>, Vec<Vec<u32>>)> {
+    let id = CudaBackend::group_id().unwrap();
+    let ranks: Vec<_> = (0..2)
+        .map(|r| {
+            let (m, w, prompts) = (m.clone(), w.clone(), prompts.to_vec());
+            let force = force.map(|f| f.to_vec());
+            std::thread::spawn(move || {
+                let b = CudaBackend::in_group(r, 2, id).unwrap();
+                run_model(&b, &m, &w, Shard { rank: r as u32, size: 2 }, &prompts, 24, 12, force.as_deref())
+            })
+        })
+        .collect();
+    ranks.into_iter().map(|h| h.join().unwrap()).collect()
+}
+
+#[test]
+fn two_gpu_tensor_parallel_logits_and_greedy_tokens_match_one_gpu() {
+    let Some(g) = gpu() else { return };
+    match servetwin_kernels::device_count() {
+        Ok(n) if n >= 2 => {}
+        n => return println!("skipped: tensor parallelism needs 2 GPUs, this machine has {n:?}"),
+    }
+    if let Err(e) = CudaBackend::group_id() {
+        return println!("skipped: {e}");
+    }
+    // KV heads split (8:2 over 2 ranks) and replicated (8:1); tied and untied.
+    for (hd, nq, nkv, tied) in [(128, 8, 2, false), (64, 8, 1, true)] {
+        let m = model(hd, nq, nkv, tied);
+        let w = HostWeights::dummy(&m, 40 + nkv as u64, 0.05);
+        let prompts = [70usize, 5, 33, 1];
+        let (l1, t1) = run_model(&g, &m, &w, Shard::WHOLE, &prompts, 24, 12, None);
+        // Logits on the same inputs (teacher-forced with one GPU's tokens).
+        let forced = run_tp2(&m, &w, &prompts, Some(&t1));
+        assert_eq!(forced[0].0, forced[1].0, "both ranks hold the same gathered logits");
+        let mut worst = 0.0f32;
+        for (a, b) in forced[0].0.iter().zip(&l1) {
+            // Stated tolerance: 0.05 + 2 % (both bf16; the group rounds each
+            // rank's partial sums to bf16 before NCCL adds them, one GPU
+            // accumulates the whole row in f32).
+            worst = worst.max(close("tp2 logits", a, b, 0.05, 0.02));
+        }
+        let free = run_tp2(&m, &w, &prompts, None);
+        let same = free[0].1 == t1;
+        println!("hd {hd}, heads {nq}:{nkv}, tied {tied}: tp 2 vs 1 max |Δlogit| {worst} over {} steps; greedy streams identical: {same}", l1.len());
+        assert!(same, "tp 2 greedy tokens {:?} differ from one GPU's {:?}", free[0].1, t1);
+        assert_eq!(free[0].1, free[1].1);
     }
 }

@@ -41,18 +41,21 @@ const MIN_EFFICIENCY: f64 = 1e-7;
 /// cuBLASLt's Hopper bf16 kernels.
 pub const TOKEN_TILES: [u32; 4] = [1, 64, 128, 256];
 
-/// Fits `[cost]`'s efficiencies, overhead and GEMM token tile to `rows`.
-pub fn fit(rows: &[ProfileRow], model: &ModelConfig, gpu: &GpuConfig, base: &CostSpec) -> Fit {
+/// Fits `[cost]`'s efficiencies, overhead and GEMM token tile to `rows`,
+/// measured on a `tp`-way tensor-parallel group of `gpu`s running `model`
+/// (its all-reduces costed by `base`'s interconnect terms, not fitted).
+pub fn fit(rows: &[ProfileRow], model: &ModelConfig, gpu: &GpuConfig, base: &CostSpec, tp: u32) -> Fit {
+    let shard = model.shard(tp);
     TOKEN_TILES
         .iter()
-        .map(|&tile| fit_tile(rows, model, gpu, &CostSpec { gemm_token_tile: tile, ..base.clone() }))
+        .map(|&tile| fit_tile(rows, &shard, gpu, &CostSpec { gemm_token_tile: tile, ..base.clone() }, tp))
         .min_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(f, _)| f)
         .expect("TOKEN_TILES is not empty")
 }
 
 /// `fit` with `base`'s token tile; also returns the loss.
-fn fit_tile(rows: &[ProfileRow], model: &ModelConfig, gpu: &GpuConfig, base: &CostSpec) -> (Fit, f64) {
+fn fit_tile(rows: &[ProfileRow], model: &ModelConfig, gpu: &GpuConfig, base: &CostSpec, tp: u32) -> (Fit, f64) {
     let shapes: Vec<(BatchShape, f64)> = rows.iter().map(|r| (r.shape(), r.median_ns as f64 * 1e-9)).collect();
     let spec_at = |x: &[f64; 3]| {
         let e = |v: f64| v.exp().clamp(MIN_EFFICIENCY, 1.0);
@@ -67,7 +70,7 @@ fn fit_tile(rows: &[ProfileRow], model: &ModelConfig, gpu: &GpuConfig, base: &Co
     // Roofline times without overhead, and the best overhead for them.
     let solve = |x: &[f64; 3]| -> (CostSpec, f64) {
         let mut spec = spec_at(x);
-        let r = Roofline::new(model, gpu, &spec);
+        let r = Roofline::sharded(model, gpu, &spec, tp);
         let pred: Vec<f64> = shapes.iter().map(|(s, _)| r.step_cost(s).op_s.iter().sum()).collect();
         // d/do Σ ((pᵢ + o)/mᵢ − 1)² = 0.
         let (num, den) = pred.iter().zip(&shapes).fold((0.0, 0.0), |(n, d), (p, (_, m))| (n + (1.0 - p / m) / m, d + 1.0 / (m * m)));
@@ -80,7 +83,7 @@ fn fit_tile(rows: &[ProfileRow], model: &ModelConfig, gpu: &GpuConfig, base: &Co
     // efficiencies move together between a GPU and a CPU.
     let start = {
         let x0 = [base.gemm_efficiency.ln(), base.attention_efficiency.ln(), base.memory_efficiency.ln()];
-        let r = Roofline::new(model, gpu, &spec_at(&x0));
+        let r = Roofline::sharded(model, gpu, &spec_at(&x0), tp);
         let mut ratio: Vec<f64> = shapes.iter().map(|(s, m)| r.step_cost(s).op_s.iter().sum::<f64>() / m).collect();
         ratio.sort_by(f64::total_cmp);
         let shift = ratio.get(ratio.len() / 2).copied().unwrap_or(1.0).max(1e-12).ln();
@@ -90,7 +93,7 @@ fn fit_tile(rows: &[ProfileRow], model: &ModelConfig, gpu: &GpuConfig, base: &Co
     // A restart from the optimum escapes a collapsed simplex.
     best = nelder_mead(|x| solve(x).1, best, 0.1, 400);
     let (spec, loss) = solve(&best);
-    let r = Roofline::new(model, gpu, &spec);
+    let r = Roofline::sharded(model, gpu, &spec, tp);
     let ape: Vec<(RowKind, f64)> = rows
         .iter()
         .zip(&shapes)
@@ -213,7 +216,7 @@ mod tests {
             ..Default::default()
         };
         let (rows, m, g) = synthetic(&truth);
-        let f = fit(&rows, &m, &g, &CostSpec::default());
+        let f = fit(&rows, &m, &g, &CostSpec::default(), 1);
         let close = |a: f64, b: f64| (a / b - 1.0).abs() < 0.01;
         let s = &f.spec;
         assert!(close(s.gemm_efficiency, 0.62), "{s:?}");
@@ -231,7 +234,7 @@ mod tests {
     fn recovers_a_gemm_token_tile() {
         let truth = CostSpec { gemm_efficiency: 0.62, gemm_token_tile: 128, ..Default::default() };
         let (rows, m, g) = synthetic(&truth);
-        let f = fit(&rows, &m, &g, &CostSpec::default());
+        let f = fit(&rows, &m, &g, &CostSpec::default(), 1);
         assert_eq!(f.spec.gemm_token_tile, 128, "{:?}", f.spec);
         assert!(f.mape_pct < 0.5, "{f:?}");
         assert!(to_toml(&f, "synthetic.csv").contains("gemm_token_tile = 128"));
@@ -248,7 +251,7 @@ mod tests {
             ..Default::default()
         };
         let (rows, m, g) = synthetic(&truth);
-        let f = fit(&rows, &m, &g, &CostSpec::default());
+        let f = fit(&rows, &m, &g, &CostSpec::default(), 1);
         assert!(f.mape_pct < 1.0, "{f:?}");
         assert!((f.spec.gemm_efficiency / 2e-4 - 1.0).abs() < 0.02, "{:?}", f.spec);
     }

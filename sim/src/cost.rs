@@ -37,6 +37,11 @@ pub struct CostSpec {
     /// synchronisation; NCCL's small-message latency on NVLink is ~10 µs).
     /// An assumption until calibrated.
     pub allreduce_latency_us: f64,
+    /// Fraction of the catalog's GPU-to-GPU link bandwidth a collective's
+    /// bus reaches (NCCL's "bus bandwidth" over the datasheet figure). 1
+    /// (the datasheet) until `servetwin calibrate --allreduce` fits it, with
+    /// `allreduce_latency_us`, from `servetwin engine allreduce`.
+    pub link_efficiency: f64,
     /// Extra compute time of a GEMM whose weights are stored narrower than
     /// its inputs (int4/int8/fp8 weight-only: dequantized in registers),
     /// as a fraction. Marlin-style kernels hide it under the weight read at
@@ -77,6 +82,7 @@ impl Default for CostSpec {
             memory_efficiency: 0.9,
             step_overhead_us: 500.0,
             allreduce_latency_us: 10.0,
+            link_efficiency: 1.0,
             dequant_overhead: 0.15,
             moe_imbalance: 1.0,
             gemm_token_tile: 1,
@@ -92,6 +98,7 @@ impl CostSpec {
             ("gemm_efficiency", self.gemm_efficiency),
             ("attention_efficiency", self.attention_efficiency),
             ("memory_efficiency", self.memory_efficiency),
+            ("link_efficiency", self.link_efficiency),
         ] {
             if !(v > 0.0 && v <= 1.0) {
                 return Err((format!("cost.{key}"), format!("a fraction in (0, 1], got {v}")));
@@ -342,7 +349,7 @@ impl Roofline {
                 imbalance: if layout.ep > 1 { spec.moe_imbalance } else { 1.0 },
             }),
             tp: layout.tp as f64,
-            link_s_per_byte: 1.0 / gpu.collective_bytes_per_s(layout.tp.max(layout.ep)),
+            link_s_per_byte: 1.0 / (gpu.collective_bytes_per_s(layout.tp.max(layout.ep)) * spec.link_efficiency),
             allreduce_s: spec.allreduce_latency_us * 1e-6,
             pp: layout.pp as f64,
             micro_batches: layout.micro_batches.max(1) as f64,
@@ -373,6 +380,14 @@ impl Roofline {
     }
 
     /// Seconds of a [tokens × k] · [k × n] 16-bit GEMM (extra heads, `crate::spec`).
+    /// One ring all-reduce of `bytes` over the tensor-parallel group: its
+    /// fixed latency plus 2(N − 1)/N of the bytes over the link (what
+    /// `servetwin engine allreduce` measures and checks).
+    pub fn allreduce_time_s(&self, bytes: f64) -> f64 {
+        let ring = 2.0 * (self.tp - 1.0) / self.tp;
+        self.allreduce_s + ring * bytes * self.link_s_per_byte
+    }
+
     pub fn gemm_s(&self, tokens: f64, k: f64, n: f64) -> f64 {
         self.gemm16(tokens, k, n)
     }
@@ -511,12 +526,11 @@ impl Roofline {
         op_s[6] = self.gemm16(s.sampled, self.hidden, self.vocab);
         let act_bytes = t * self.hidden * self.elem;
         if self.tp > 1.0 && t > 0.0 {
-            let ring = 2.0 * (self.tp - 1.0) / self.tp;
             // With expert parallelism the MoE layers' combine replaces
             // their MLP all-reduce.
             let ep_layers = if self.moe.is_some_and(|m| m.ep > 1.0) { self.moe_layers } else { 0.0 };
             let logits_bytes = s.sampled * self.vocab * self.tp * self.elem;
-            op_s[9] = (2.0 * l - ep_layers) * (self.allreduce_s + ring * act_bytes * self.link_s_per_byte)
+            op_s[9] = (2.0 * l - ep_layers) * self.allreduce_time_s(act_bytes)
                 + self.allreduce_s
                 + (self.tp - 1.0) / self.tp * logits_bytes * self.link_s_per_byte;
         }
@@ -747,6 +761,7 @@ mod tests {
         memory_efficiency: 0.9,
         step_overhead_us: 0.0,
         allreduce_latency_us: 10.0,
+        link_efficiency: 1.0,
         dequant_overhead: 0.15,
         moe_imbalance: 1.0,
         gemm_token_tile: 1,

@@ -282,6 +282,23 @@ impl Profile {
         }
     }
 
+    /// The tensor-parallel degree the profile was measured at (its `tp`
+    /// line; 1 where it has none) must be the scenario's: a step of a group
+    /// costs its all-reduces, which one GPU's table does not hold.
+    pub fn check_tp(&self, tp: u32) -> Result<(), ProfileError> {
+        let got = self.tp();
+        if got == tp {
+            return Ok(());
+        }
+        let msg = format!("a profile measured at the scenario's parallelism.tp = {tp}, got one measured at tp = {got} (engine profile --set parallelism.tp={tp})");
+        Err(ProfileError { path: self.path.clone(), line: None, msg })
+    }
+
+    /// Its `tp` metadata, 1 where absent or unreadable.
+    pub fn tp(&self) -> u32 {
+        self.meta("tp").and_then(|t| t.parse().ok()).unwrap_or(1)
+    }
+
     pub fn meta(&self, key: &str) -> Option<&str> {
         self.meta.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
@@ -390,16 +407,18 @@ pub struct ProfiledCost {
 }
 
 impl ProfiledCost {
-    /// The model for `profile` measured on `model`; `gpu` and `base` give the
-    /// roofline its peaks and the factors the fit does not touch.
-    pub fn new(profile: &Profile, model: &ModelConfig, gpu: &GpuConfig, base: &CostSpec) -> Result<Self, ProfileError> {
+    /// The model for `profile` measured on `model` split over a `tp`-way
+    /// tensor-parallel group (the profile's own `tp`); `gpu` and `base` give
+    /// the roofline its peaks and the factors the fit does not touch.
+    pub fn new(profile: &Profile, model: &ModelConfig, gpu: &GpuConfig, base: &CostSpec, tp: u32) -> Result<Self, ProfileError> {
         profile.check_model(model)?;
+        profile.check_tp(tp)?;
         let points = |kind: RowKind, key: fn(&ProfileRow) -> (f64, f64)| -> Vec<(f64, f64, f64)> {
             profile.rows.iter().filter(|r| r.kind == kind).map(|r| (key(r).0, key(r).1, r.median_ns as f64 * 1e-9)).collect()
         };
         let prefill = Surface::new(&points(RowKind::Prefill, |r| (r.prefill_tokens as f64, r.prefill_context_tokens as f64)));
         let decode = Surface::new(&points(RowKind::Decode, |r| (r.decode_seqs as f64, r.decode_context_tokens as f64)));
-        let fit = crate::calibrate::fit(&profile.rows, model, gpu, base);
+        let fit = crate::calibrate::fit(&profile.rows, model, gpu, base, tp);
         let coverage = Coverage {
             profile: profile.path.display().to_string(),
             fitted_gemm_efficiency: fit.spec.gemm_efficiency,
@@ -412,7 +431,7 @@ impl ProfiledCost {
         Ok(ProfiledCost {
             prefill,
             decode,
-            roofline: Box::new(Roofline::new(model, gpu, &fit.spec)),
+            roofline: Box::new(Roofline::sharded(&model.shard(tp), gpu, &fit.spec, tp)),
             coverage,
             inside: Cell::new(0),
             outside: Cell::new(0),
@@ -495,13 +514,9 @@ impl crate::scenario::Loaded {
         let c = &self.scenario.cost;
         match (&c.kind, &c.profile) {
             (crate::cost::CostKind::Profiled, Some(path)) => {
-                let tp = self.scenario.parallelism.tp;
-                if tp != 1 {
-                    let msg = format!("parallelism.tp = 1 with a profiled cost model (profiles are of one GPU), got {tp}");
-                    return Err(ProfileError { path: path.clone(), line: None, msg });
-                }
                 let profile = Profile::read(path)?;
-                Ok(ScenarioCost::Profiled(ProfiledCost::new(&profile, &self.model, &self.gpu, c)?))
+                let tp = self.scenario.parallelism.tp;
+                Ok(ScenarioCost::Profiled(ProfiledCost::new(&profile, &self.model, &self.gpu, c, tp)?))
             }
             _ => Ok(ScenarioCost::Roofline(self.roofline())),
         }

@@ -352,3 +352,62 @@ impl Backend for CudaBackend {
         self.gpu.synchronize().map_err(err)
     }
 }
+
+/// Median and minimum µs of one bf16 all-reduce of each of `sizes` bytes
+/// among GPUs 0…tp−1, one thread per GPU: per size 5 untimed calls, then 7
+/// CUDA-event-timed groups of 20 back-to-back calls (queued without a sync,
+/// as a forward pass queues them), the ranks starting each size together.
+/// Also returns GPU 0's name.
+pub fn time_allreduce(tp: usize, sizes: &[u64]) -> Result<(Vec<(f64, f64)>, String)> {
+    use servetwin_kernels::cudarc::driver::sys::CUevent_flags;
+    let gpus = servetwin_kernels::device_count().map_err(err)?;
+    if gpus < tp || tp < 2 {
+        return Err(EngineError::Unsupported { key: "--tp".into(), msg: format!("2 to the {gpus} GPUs of this machine, got {tp}") });
+    }
+    let id = CudaBackend::group_id()?;
+    let sizes = std::sync::Arc::new(sizes.to_vec());
+    let start = std::sync::Arc::new(std::sync::Barrier::new(tp));
+    let ranks: Vec<_> = (0..tp)
+        .map(|rank| {
+            let (sizes, start) = (sizes.clone(), start.clone());
+            std::thread::spawn(move || -> Result<(Vec<(f64, f64)>, String)> {
+                let b = CudaBackend::in_group(rank, tp, id)?;
+                let c = b.comm.as_ref().expect("in a group");
+                let max = sizes.iter().max().copied().unwrap_or(2) as usize / 2;
+                let mut buf = b.gpu.zeros::<bf16>(max.max(1)).map_err(err)?;
+                let drv = |e: servetwin_kernels::cudarc::driver::DriverError| EngineError::Backend(e.to_string());
+                let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
+                let mut out = Vec::new();
+                for &bytes in sizes.iter() {
+                    let n = (bytes as usize / 2).max(1);
+                    let mut call = || c.all_reduce_in_place(&mut buf.slice_mut(..n), &ReduceOp::Sum).map(drop).map_err(nccl_err);
+                    start.wait();
+                    for _ in 0..5 {
+                        call()?;
+                    }
+                    b.synchronize()?;
+                    let mut t = Vec::new();
+                    for _ in 0..7 {
+                        let (e0, e1) = (b.gpu.context().new_event(flags).map_err(drv)?, b.gpu.context().new_event(flags).map_err(drv)?);
+                        e0.record(b.gpu.stream()).map_err(drv)?;
+                        for _ in 0..20 {
+                            call()?;
+                        }
+                        e1.record(b.gpu.stream()).map_err(drv)?;
+                        e1.synchronize().map_err(drv)?;
+                        t.push(e0.elapsed_ms(&e1).map_err(drv)? as f64 * 1e3 / 20.0);
+                    }
+                    t.sort_by(f64::total_cmp);
+                    out.push((t[3], t[0]));
+                }
+                Ok((out, b.gpu.name().to_string()))
+            })
+        })
+        .collect();
+    let mut results = Vec::new();
+    for h in ranks {
+        results.push(h.join().map_err(|_| EngineError::Backend("an all-reduce rank panicked".into()))??);
+    }
+    // Rank 0's clock; a collective ends on every rank at about the same time.
+    Ok(results.swap_remove(0))
+}
