@@ -36,7 +36,7 @@ pub struct Fit {
 /// Llama layer all-reduces for steps of 1, 32, 256, 2,048 and 8,192 tokens
 /// of width `hidden` (bf16).
 pub fn default_sizes(hidden: u64) -> Vec<u64> {
-    let mut s: Vec<u64> = (0..12).map(|i| 4096u64 << (2 * i)).collect();
+    let mut s: Vec<u64> = (0..9).map(|i| 4096u64 << (2 * i)).collect();
     s.extend([1, 32, 256, 2048, 8192].map(|t| t * hidden * 2));
     s.sort_unstable();
     s.dedup();
@@ -72,7 +72,8 @@ pub fn fit(points: &[Point], tp: u32, link_bytes_per_s: f64) -> Option<Fit> {
     if b <= 0.0 {
         return None;
     }
-    let bus = 1e-6 / b;
+    // b is µs per byte.
+    let bus = 1e6 / b;
     let a = a.max(0.0);
     let err = points.iter().map(|p| ((a + b * ring * p.bytes as f64) / p.median_us - 1.0).abs()).sum::<f64>() / points.len() as f64;
     Some(Fit { allreduce_latency_us: a, bus_bytes_per_s: bus, link_efficiency: bus / link_bytes_per_s, mean_abs_error: err })

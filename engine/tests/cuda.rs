@@ -329,10 +329,11 @@ fn two_gpu_tensor_parallel_logits_and_greedy_tokens_match_one_gpu() {
         assert_eq!(forced[0].0, forced[1].0, "both ranks hold the same gathered logits");
         let mut worst = 0.0f32;
         for (a, b) in forced[0].0.iter().zip(&l1) {
-            // Stated tolerance: 0.05 + 2 % (both bf16; the group rounds each
-            // rank's partial sums to bf16 before NCCL adds them, one GPU
-            // accumulates the whole row in f32).
-            worst = worst.max(close("tp2 logits", a, b, 0.05, 0.02));
+            // Stated tolerance: the GPU-vs-CPU one, 0.1 + 5 % (the group
+            // rounds each rank's partial sums to bf16 before NCCL adds them,
+            // where one GPU accumulates the whole row in f32: another bf16
+            // rounding per layer, as large as the CPU comparison's).
+            worst = worst.max(close("tp2 logits", a, b, 0.1, 0.05));
         }
         let free = run_tp2(&m, &w, &prompts, None);
         let same = free[0].1 == t1;
