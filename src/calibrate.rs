@@ -34,13 +34,21 @@ pub fn run(profile: &Path, scenario: Option<&Path>, set: &[String], out: Option<
     let p = Profile::read(profile)?;
     let loaded = deployment(&p, scenario, set)?;
     p.check_model(&loaded.model)?;
-    let base = &loaded.scenario.cost;
+    // A group's steps include its all-reduces: costed with the measured
+    // fit, the efficiencies fitted next are the GPU's alone.
+    let ar = allreduce.map(allreduce_fit).transpose()?;
+    let mut base = loaded.scenario.cost.clone();
+    if let Some((f, _)) = &ar {
+        base.allreduce_latency_us = f.allreduce_latency_us;
+        base.link_efficiency = f.link_efficiency.min(1.0);
+    }
+    let base = &base;
     let tp = loaded.scenario.parallelism.tp;
     p.check_tp(tp)?;
     let f = fit(&p.rows, &loaded.model, &loaded.gpu, base, tp);
     let mut text = to_toml(&f, &profile.display().to_string());
-    if let Some(path) = allreduce {
-        text += &allreduce_toml(path)?;
+    if let Some((_, lines)) = &ar {
+        text += lines;
     }
     println!("Roofline fitted to {} rows of {} on {}'s peaks:", f.points, profile.display(), loaded.gpu.name);
     print!("{}", text.lines().filter(|l| !l.starts_with('#')).map(|l| format!("  {l}\n")).collect::<String>());
@@ -65,13 +73,13 @@ pub fn run(profile: &Path, scenario: Option<&Path>, set: &[String], out: Option<
     Ok(())
 }
 
-/// The all-reduce fit of an `engine allreduce` JSON, as `[cost]` lines.
-fn allreduce_toml(path: &Path) -> anyhow::Result<String> {
+/// The all-reduce fit of an `engine allreduce` JSON, and its `[cost]` lines.
+fn allreduce_fit(path: &Path) -> anyhow::Result<(servetwin_engine::collective::Fit, String)> {
     let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
     let fit: servetwin_engine::collective::Fit = serde_json::from_value(v["fit"].clone())
         .with_context(|| format!("{}: no \"fit\" object (write it with servetwin engine allreduce)", path.display()))?;
-    Ok(format!(
+    let lines = format!(
         "# all-reduce fitted to {} ({} GPUs, {}): mean error {:.2} %\nallreduce_latency_us = {:.3}\nlink_efficiency = {:.6}\n",
         path.display(),
         v["tp"],
@@ -79,5 +87,6 @@ fn allreduce_toml(path: &Path) -> anyhow::Result<String> {
         100.0 * fit.mean_abs_error,
         fit.allreduce_latency_us,
         fit.link_efficiency.min(1.0)
-    ))
+    );
+    Ok((fit, lines))
 }

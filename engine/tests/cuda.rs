@@ -242,6 +242,36 @@ fn run_model<B: Backend>(
     }
 }
 
+/// Greedy streams `got` and `want` agree wherever the reference's top two
+/// logits (f32, on the bf16-rounded weights `wr`) are further apart than
+/// 0.2, twice the logit tolerance: a near-tie may break either way, and the
+/// streams are compared no further. Returns the tokens compared.
+fn greedy_agree_but_for_near_ties(m: &ModelConfig, wr: &HostWeights, prompts: &[usize], got: &[Vec<u32>], want: &[Vec<u32>]) -> usize {
+    let mut compared = 0;
+    for (s, (a, b)) in got.iter().zip(want).enumerate() {
+        for p in prompts[s]..a.len() {
+            if a[p] != b[p] {
+                let reference = servetwin_engine::reference::forward(m, wr, &b[..p]).unwrap();
+                let row = &reference[p - 1];
+                let top = sampler::argmax(row) as usize;
+                let second = row.iter().enumerate().filter(|(i, _)| *i != top).map(|(_, v)| *v).fold(f32::MIN, f32::max);
+                let margin = row[top] - second;
+                assert!(margin < 0.2, "seq {s} position {p}: {} vs {} with a clear margin {margin}", a[p], b[p]);
+                println!("  seq {s} position {p}: a near-tie (margin {margin}) broke the other way");
+                break;
+            }
+            compared += 1;
+        }
+    }
+    compared
+}
+
+fn bf16_rounded(w: &HostWeights) -> HostWeights {
+    let mut wr = w.clone();
+    wr.tensors.values_mut().for_each(|t| t.data.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32()));
+    wr
+}
+
 #[test]
 fn whole_model_logits_and_greedy_tokens_match_the_cpu() {
     let Some(g) = gpu() else { return };
@@ -249,8 +279,7 @@ fn whole_model_logits_and_greedy_tokens_match_the_cpu() {
         let m = model(hd, nq, nkv, tied);
         let w = HostWeights::dummy(&m, hd as u64 + nq as u64, 0.05);
         // CPU on bf16-rounded weights: the GPU holds exactly these values.
-        let mut wr = w.clone();
-        wr.tensors.values_mut().for_each(|t| t.data.iter_mut().for_each(|x| *x = half::bf16::from_f32(*x).to_f32()));
+        let wr = bf16_rounded(&w);
         let prompts = [70usize, 5, 33, 1];
         let (lc, tc) = run_model(&CpuBackend::default(), &m, &wr, Shard::WHOLE, &prompts, 24, 12, None);
         // Logits compared on the same inputs: the GPU fed the CPU's tokens
@@ -269,23 +298,7 @@ fn whole_model_logits_and_greedy_tokens_match_the_cpu() {
             worst = worst.max(close("logits", a, b, 0.1, 0.05));
         }
         println!("hd {hd}, heads {nq}:{nkv}, tied {tied}: max |Δlogit| {worst} over {} steps", lc.len());
-        // Greedy tokens agree wherever the CPU's top two logits are further
-        // apart than the tolerance (a near-tie may break either way; the
-        // streams are then compared no further).
-        let mut compared = 0;
-        for (s, (a, b)) in tg.iter().zip(&tc).enumerate() {
-            for p in prompts[s]..a.len() {
-                if a[p] != b[p] {
-                    let reference = servetwin_engine::reference::forward(&m, &wr, &b[..p]).unwrap();
-                    let row = &reference[p - 1];
-                    let top = sampler::argmax(row) as usize;
-                    let second = row.iter().enumerate().filter(|(i, _)| *i != top).map(|(_, v)| *v).fold(f32::MIN, f32::max);
-                    assert!(row[top] - second < 0.2, "seq {s} position {p}: cuda {} vs cpu {} with a clear margin", a[p], b[p]);
-                    break;
-                }
-                compared += 1;
-            }
-        }
+        let compared = greedy_agree_but_for_near_ties(&m, &wr, &prompts, &tg, &tc);
         println!("  {compared} greedy tokens compared, all equal");
         assert!(compared >= 24, "most tokens were compared");
     }
@@ -336,9 +349,12 @@ fn two_gpu_tensor_parallel_logits_and_greedy_tokens_match_one_gpu() {
             worst = worst.max(close("tp2 logits", a, b, 0.1, 0.05));
         }
         let free = run_tp2(&m, &w, &prompts, None);
-        let same = free[0].1 == t1;
-        println!("hd {hd}, heads {nq}:{nkv}, tied {tied}: tp 2 vs 1 max |Δlogit| {worst} over {} steps; greedy streams identical: {same}", l1.len());
-        assert!(same, "tp 2 greedy tokens {:?} differ from one GPU's {:?}", free[0].1, t1);
-        assert_eq!(free[0].1, free[1].1);
+        assert_eq!(free[0].1, free[1].1, "both ranks sampled the same tokens");
+        println!("hd {hd}, heads {nq}:{nkv}, tied {tied}: tp 2 vs 1 max |Δlogit| {worst} over {} steps", l1.len());
+        // Identical streams but where bf16's other rounding breaks a
+        // near-tie the other way (tp 1 and tp 2 differ by up to 0.06).
+        let compared = greedy_agree_but_for_near_ties(&m, &bf16_rounded(&w), &prompts, &free[0].1, &t1);
+        println!("  {compared} greedy tokens compared, all equal");
+        assert!(compared >= 24, "most tokens were compared");
     }
 }
