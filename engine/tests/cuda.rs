@@ -110,6 +110,12 @@ fn every_op_matches_the_cpu_backend() {
     assert_eq!(g.sample(&lg, &greedy).unwrap(), c.sample(&lc, &greedy).unwrap());
 }
 
+/// 40 decodes, one over 300 keys and 39 over 9: more (sequence, kv head)
+/// blocks than SMs, where the long one is split into mean-sized parts.
+fn skewed_decodes() -> Vec<(u32, u32)> {
+    std::iter::once((1, 300)).chain(std::iter::repeat_n((1, 9), 39)).collect()
+}
+
 #[test]
 fn paged_attention_matches_for_every_head_shape() {
     let Some(g) = gpu() else { return };
@@ -122,8 +128,8 @@ fn paged_attention_matches_for_every_head_shape() {
         let width = ((nq + 2 * nkv) * hd) as usize;
         // A prefill mix fills the caches, then a decode batch reads them,
         // then mixed steps: decode rows last (one kernel), and first (the
-        // decode and prefill kernels on their parts).
-        for (step, seqs) in [vec![(33u32, 0u32), (16, 0), (7, 0)], vec![(1, 33), (1, 16), (1, 7)], vec![(40, 34), (3, 17), (1, 8)], vec![(1, 74), (1, 20), (5, 9)], vec![(24, 0), (5, 0), (24, 0), (1, 0)]].iter().enumerate() {
+        // decode and prefill kernels on their parts), then a skewed decode.
+        for (step, seqs) in [vec![(33u32, 0u32), (16, 0), (7, 0)], vec![(1, 33), (1, 16), (1, 7)], vec![(40, 34), (3, 17), (1, 8)], vec![(1, 74), (1, 20), (5, 9)], vec![(24, 0), (5, 0), (24, 0), (1, 0)], skewed_decodes()].iter().enumerate() {
             let b = batch(seqs, 100, true);
             let qkv = random(b.num_tokens() * width, 11 + step as u64 + hd as u64, 1.0);
             let (mc_, mg_) = (c.meta(&b).unwrap(), g.meta(&b).unwrap());

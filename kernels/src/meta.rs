@@ -136,6 +136,11 @@ impl BatchMeta {
             .unwrap_or(0)
     }
 
+    /// Keys of all sequences together.
+    pub fn total_keys(&self) -> usize {
+        (0..self.num_seqs()).map(|s| self.ctx_len[s] as usize + self.new_tokens(s)).sum()
+    }
+
     /// Largest block id referenced by any sequence's used blocks.
     fn max_block_id(&self) -> usize {
         (0..self.num_seqs())
@@ -169,6 +174,7 @@ impl BatchMeta {
             block_size: self.block_size,
             max_new_tokens: self.max_new_tokens(),
             max_keys: self.max_keys(),
+            total_keys: self.total_keys(),
             max_block_id: self.max_block_id(),
             max_position: self.positions.iter().copied().max().unwrap_or(0) as usize,
         })
@@ -197,6 +203,8 @@ pub struct DeviceMeta {
     pub max_new_tokens: usize,
     /// Most keys (context + new) of any sequence.
     pub max_keys: usize,
+    /// Keys of all sequences together.
+    pub total_keys: usize,
     /// Largest block id in use (checked against the cache's size).
     pub max_block_id: usize,
     /// Largest position (checked against the RoPE table's length).
