@@ -175,3 +175,29 @@ fn compare_prints_each_metric_error_and_the_paired_step_error() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope/summary.json"));
 }
+
+/// The committed 2×H200 data: the tp-2 profile calibrates as a tp-2
+/// deployment, with the measured all-reduce fit costing its collectives;
+/// a tp-1 deployment and an all-reduce file without a fit are refused.
+#[test]
+fn a_tensor_parallel_profile_calibrates_with_the_measured_all_reduce() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let profile = root.join("sim/profiles/h200/llama-3.1-8b-bf16-tp2.csv");
+    let allreduce = root.join("reports/tp/h200x2/allreduce.json");
+    let (p, a) = (profile.to_str().unwrap(), allreduce.to_str().unwrap());
+    let out = ok(&["calibrate", p, "--allreduce", a]);
+    let fit: Value = json(&allreduce)["fit"].clone();
+    let latency = fit["allreduce_latency_us"].as_f64().unwrap();
+    assert!((5.0..20.0).contains(&latency), "NCCL's small-message latency on NVLink: {latency}");
+    assert!(out.contains(&format!("allreduce_latency_us = {latency:.3}")), "{out}");
+    assert!(out.contains(&format!("link_efficiency = {:.6}", fit["link_efficiency"].as_f64().unwrap())), "{out}");
+    let e = servetwin(&["calibrate", p, "--set", "parallelism.tp=1"]);
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(!e.status.success() && err.contains("parallelism.tp = 1") && err.contains("tp = 2"), "{err}");
+    let tmp = tempfile::tempdir().unwrap();
+    let bad = tmp.path().join("ar.json");
+    fs::write(&bad, "{\"points\": []}").unwrap();
+    let e = servetwin(&["calibrate", p, "--allreduce", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(!e.status.success() && err.contains("no \"fit\" object"), "{err}");
+}

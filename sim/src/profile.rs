@@ -590,4 +590,30 @@ mod tests {
         let e = Profile::parse(&head, Path::new("t.csv")).unwrap_err().to_string();
         assert_eq!(e, "t.csv: at least one measured row");
     }
+
+    #[test]
+    fn a_profile_serves_only_its_own_tensor_parallel_degree() {
+        let m = ModelConfig::resolve(&crate::model::ModelSpec { name: "llama-3.1-8b".into(), ..Default::default() }).unwrap();
+        let g = crate::hardware::GpuConfig::resolve(&crate::hardware::HardwareSpec { gpu: "h200".into(), ..Default::default() }).unwrap();
+        let rows: Vec<ProfileRow> = [1, 8, 64]
+            .iter()
+            .flat_map(|&b| [256u64, 4096].map(|c| row(RowKind::Decode, (0, 0), (b, b as u64 * c), 4_000_000 + 20_000 * b as u64)))
+            .chain([128, 1024].map(|t| row(RowKind::Prefill, (t, 0), (0, 0), 5_000_000 + 20_000 * t as u64)))
+            .collect();
+        let lines = (0..rows.len() as u64).collect();
+        let mut p = Profile { path: "tp2.csv".into(), meta: vec![("model_shape".into(), model_shape(&m))], rows, lines };
+        assert_eq!(p.tp(), 1, "no tp line: one GPU");
+        p.meta.push(("tp".into(), "2".into()));
+        let base = CostSpec::default();
+        let e = ProfiledCost::new(&p, &m, &g, &base, 1).err().expect("a tp-2 profile for a tp-1 scenario").to_string();
+        assert!(e.contains("parallelism.tp = 1") && e.contains("tp = 2"), "{e}");
+        let cost = ProfiledCost::new(&p, &m, &g, &base, 2).unwrap();
+        // Outside the table the fallback is the group's roofline: its steps
+        // pay all-reduces, which one GPU's do not.
+        let mut far = BatchShape::default();
+        (0..512).for_each(|_| far.add(1, 8000, true));
+        let alone = Roofline::new(&m, &g, &base).step_cost(&far);
+        let grouped = cost.step_cost(&far);
+        assert!(grouped.breakdown().comm_ns > 0 && alone.breakdown().comm_ns == 0, "{:?} vs {:?}", grouped.breakdown(), alone.breakdown());
+    }
 }
