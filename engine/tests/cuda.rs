@@ -192,6 +192,9 @@ fn model(hd: u32, nq: u32, nkv: u32, tied: bool) -> ModelConfig {
     .unwrap()
 }
 
+/// Every step's logits, and every sequence's tokens.
+type ModelRun = (Vec<Vec<f32>>, Vec<Vec<u32>>);
+
 /// Logits of every step of a chunked, batched run on `b`, plus the tokens
 /// each sequence got: its greedy ones, or `force`'s (teacher forcing, so
 /// that two backends see the same inputs even past a near-tie).
@@ -207,7 +210,7 @@ fn run_model<B: Backend>(
     chunk: u32,
     decodes: usize,
     force: Option<&[Vec<u32>]>,
-) -> (Vec<Vec<f32>>, Vec<Vec<u32>>) {
+) -> ModelRun {
     let model = Llama::new(b, m, &WeightSource::Host(w.clone().into()), 1024, shard).unwrap();
     let mut kv = model.kv_caches(b, 256, 16).unwrap();
     let mut toks: Vec<Vec<u32>> = prompts.iter().enumerate().map(|(s, &n)| (0..n).map(|i| (mix64((s * 1000 + i) as u64) % 512) as u32).collect()).collect();
@@ -312,7 +315,7 @@ fn whole_model_logits_and_greedy_tokens_match_the_cpu() {
 
 /// Runs `run_model` on GPUs 0 and 1 as a 2-way tensor-parallel group;
 /// returns each rank's result.
-fn run_tp2(m: &ModelConfig, w: &HostWeights, prompts: &[usize], force: Option<&[Vec<u32>]>) -> Vec<(Vec<Vec<f32>>, Vec<Vec<u32>>)> {
+fn run_tp2(m: &ModelConfig, w: &HostWeights, prompts: &[usize], force: Option<&[Vec<u32>]>) -> Vec<ModelRun> {
     let id = CudaBackend::group_id().unwrap();
     let ranks: Vec<_> = (0..2)
         .map(|r| {

@@ -605,7 +605,8 @@ mod tests {
         assert_eq!(p.tp(), 1, "no tp line: one GPU");
         p.meta.push(("tp".into(), "2".into()));
         let base = CostSpec::default();
-        let e = ProfiledCost::new(&p, &m, &g, &base, 1).err().expect("a tp-2 profile for a tp-1 scenario").to_string();
+        let Err(e) = ProfiledCost::new(&p, &m, &g, &base, 1) else { panic!("a tp-2 profile served a tp-1 scenario") };
+        let e = e.to_string();
         assert!(e.contains("parallelism.tp = 1") && e.contains("tp = 2"), "{e}");
         let cost = ProfiledCost::new(&p, &m, &g, &base, 2).unwrap();
         // Outside the table the fallback is the group's roofline: its steps
