@@ -139,6 +139,7 @@ pub fn weights(loaded: &Loaded) -> Result<WeightSource> {
 
 /// Checks `loaded` and loads its whole model onto `backend`.
 pub fn load_model<B: Backend>(backend: &B, loaded: &Loaded) -> Result<Llama<B>> {
+    // Before reading a checkpoint a refused scenario would not use.
     check(loaded)?;
     load_shard(backend, loaded, &weights(loaded)?, Shard::WHOLE)
 }

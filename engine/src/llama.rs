@@ -12,6 +12,8 @@
 //! every rank. With fewer KV heads than ranks, each KV head is replicated
 //! on the ranks whose query heads read it.
 
+use std::borrow::Cow;
+
 use servetwin_sim::model::ModelConfig;
 
 use crate::backend::{AttnShape, Backend};
@@ -62,9 +64,13 @@ fn rows(t: &HostTensor, from: usize, n: usize) -> &[f32] {
     &t.data[from * c..(from + n) * c]
 }
 
-/// Columns `[from, from + n)` of a matrix.
-fn cols(t: &HostTensor, from: usize, n: usize) -> Vec<f32> {
-    t.data.chunks_exact(t.shape[1]).flat_map(|r| &r[from..from + n]).copied().collect()
+/// Columns `[from, from + n)` of a matrix (all of it, uncopied, when
+/// that is every column).
+fn cols(t: &HostTensor, from: usize, n: usize) -> Cow<'_, [f32]> {
+    if from == 0 && n == t.shape[1] {
+        return Cow::Borrowed(&t.data);
+    }
+    Cow::Owned(t.data.chunks_exact(t.shape[1]).flat_map(|r| &r[from..from + n]).copied().collect())
 }
 
 pub struct Layer<B: Backend> {
@@ -119,8 +125,8 @@ impl<B: Backend> Llama<B> {
                 let mut gate_up = rows(&get("mlp.gate_proj"), r * i, i).to_vec();
                 gate_up.extend_from_slice(rows(&get("mlp.up_proj"), r * i, i));
                 // Row-parallel: this rank's input columns.
-                let o = if n == 1 { get("self_attn.o_proj").into_owned().data } else { cols(&get("self_attn.o_proj"), r * qh, qh) };
-                let down = if n == 1 { get("mlp.down_proj").into_owned().data } else { cols(&get("mlp.down_proj"), r * i, i) };
+                let (o, down) = (get("self_attn.o_proj"), get("mlp.down_proj"));
+                let (o, down) = (cols(&o, r * qh, qh), cols(&down, r * i, i));
                 Ok(Layer {
                     attn_norm: whole(&format!("{p}.input_layernorm.weight"))?,
                     qkv: b.weight(&qkv, &[qh + 2 * kvh, h])?,
@@ -134,17 +140,18 @@ impl<B: Backend> Llama<B> {
         let freq = rope::inv_freq(config.head_dim, config.rope_theta, config.rope_scaling.as_ref());
         let table = rope::cos_sin_table(max_positions, &freq);
         let v = config.vocab_size as usize / n;
-        let head_name = if config.tie_word_embeddings { "model.embed_tokens.weight" } else { "lm_head.weight" };
-        let lm_head = if n == 1 && config.tie_word_embeddings {
-            None
-        } else {
-            Some(b.weight(rows(&w.get(head_name), r * v, v), &[v, h])?)
+        // Drawn once: a tied LM head is this table's rows.
+        let embed = w.get("model.embed_tokens.weight");
+        let lm_head = match (config.tie_word_embeddings, n) {
+            (true, 1) => None,
+            (true, _) => Some(b.weight(rows(&embed, r * v, v), &[v, h])?),
+            (false, _) => Some(b.weight(rows(&w.get("lm_head.weight"), r * v, v), &[v, h])?),
         };
         Ok(Llama {
             config: config.clone(),
             shape,
             shard,
-            embed: whole("model.embed_tokens.weight")?,
+            embed: b.weight(&embed.data, &embed.shape)?,
             layers,
             norm: whole("model.norm.weight")?,
             lm_head,

@@ -314,6 +314,40 @@ impl Gpu {
         Ok(self.stream.synchronize()?)
     }
 
+    /// Milliseconds per call, sorted, over `reps` CUDA-event-timed groups of
+    /// `inner` back-to-back calls after `warmup` untimed ones; `f(i)` runs
+    /// call i. Calls are queued without a sync in between, so host launch
+    /// overhead overlaps earlier calls' GPU work, as in the engine.
+    pub fn time_calls<E: From<KernelError>>(
+        &self,
+        warmup: usize,
+        reps: usize,
+        inner: usize,
+        mut f: impl FnMut(usize) -> std::result::Result<(), E>,
+    ) -> std::result::Result<Vec<f64>, E> {
+        let mut call = 0;
+        for _ in 0..warmup {
+            f(call)?;
+            call += 1;
+        }
+        self.synchronize()?;
+        let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let mut times = Vec::with_capacity(reps);
+        for _ in 0..reps {
+            let (start, stop) = (self.ctx.new_event(flags).map_err(KernelError::from)?, self.ctx.new_event(flags).map_err(KernelError::from)?);
+            start.record(&self.stream).map_err(KernelError::from)?;
+            for _ in 0..inner {
+                f(call)?;
+                call += 1;
+            }
+            stop.record(&self.stream).map_err(KernelError::from)?;
+            stop.synchronize().map_err(KernelError::from)?;
+            times.push(start.elapsed_ms(&stop).map_err(KernelError::from)? as f64 / inner as f64);
+        }
+        times.sort_by(f64::total_cmp);
+        Ok(times)
+    }
+
     pub(crate) fn function(&self, name: &str) -> Result<&CudaFunction> {
         self.functions
             .get(name)

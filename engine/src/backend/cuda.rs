@@ -16,6 +16,12 @@ fn err(e: servetwin_kernels::KernelError) -> EngineError {
     EngineError::Backend(e.to_string())
 }
 
+impl From<servetwin_kernels::KernelError> for EngineError {
+    fn from(e: servetwin_kernels::KernelError) -> Self {
+        err(e)
+    }
+}
+
 /// Bytes one stored value takes (bf16).
 const ELEM_BYTES: u64 = 2;
 
@@ -56,11 +62,6 @@ impl CudaBackend {
             ));
         }
         Id::new().map_err(nccl_err)
-    }
-
-    /// This GPU's communicator, in a group.
-    pub fn comm(&self) -> Option<&Comm> {
-        self.comm.as_ref()
     }
 
     /// Free and total device memory, in bytes.
@@ -359,7 +360,6 @@ impl Backend for CudaBackend {
 /// as a forward pass queues them), the ranks starting each size together.
 /// Also returns GPU 0's name.
 pub fn time_allreduce(tp: usize, sizes: &[u64]) -> Result<(Vec<(f64, f64)>, String)> {
-    use servetwin_kernels::cudarc::driver::sys::CUevent_flags;
     let gpus = servetwin_kernels::device_count().map_err(err)?;
     if gpus < tp || tp < 2 {
         return Err(EngineError::Unsupported { key: "--tp".into(), msg: format!("2 to the {gpus} GPUs of this machine, got {tp}") });
@@ -375,30 +375,12 @@ pub fn time_allreduce(tp: usize, sizes: &[u64]) -> Result<(Vec<(f64, f64)>, Stri
                 let c = b.comm.as_ref().expect("in a group");
                 let max = sizes.iter().max().copied().unwrap_or(2) as usize / 2;
                 let mut buf = b.gpu.zeros::<bf16>(max.max(1)).map_err(err)?;
-                let drv = |e: servetwin_kernels::cudarc::driver::DriverError| EngineError::Backend(e.to_string());
-                let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
                 let mut out = Vec::new();
                 for &bytes in sizes.iter() {
                     let n = (bytes as usize / 2).max(1);
-                    let mut call = || c.all_reduce_in_place(&mut buf.slice_mut(..n), &ReduceOp::Sum).map(drop).map_err(nccl_err);
                     start.wait();
-                    for _ in 0..5 {
-                        call()?;
-                    }
-                    b.synchronize()?;
-                    let mut t = Vec::new();
-                    for _ in 0..7 {
-                        let (e0, e1) = (b.gpu.context().new_event(flags).map_err(drv)?, b.gpu.context().new_event(flags).map_err(drv)?);
-                        e0.record(b.gpu.stream()).map_err(drv)?;
-                        for _ in 0..20 {
-                            call()?;
-                        }
-                        e1.record(b.gpu.stream()).map_err(drv)?;
-                        e1.synchronize().map_err(drv)?;
-                        t.push(e0.elapsed_ms(&e1).map_err(drv)? as f64 * 1e3 / 20.0);
-                    }
-                    t.sort_by(f64::total_cmp);
-                    out.push((t[3], t[0]));
+                    let ms = b.gpu.time_calls(5, 7, 20, |_| c.all_reduce_in_place(&mut buf.slice_mut(..n), &ReduceOp::Sum).map(drop).map_err(nccl_err))?;
+                    out.push((ms[3] * 1e3, ms[0] * 1e3));
                 }
                 Ok((out, b.gpu.name().to_string()))
             })

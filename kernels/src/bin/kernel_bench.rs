@@ -11,7 +11,6 @@ use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 use half::bf16;
-use servetwin_kernels::cudarc::driver::sys::CUevent_flags;
 use servetwin_kernels::cudarc::driver::CudaSlice;
 use servetwin_kernels::{AttnShape, BatchMeta, DeviceMeta, Gpu};
 
@@ -22,33 +21,9 @@ const BLOCK_SIZE: usize = 16;
 /// Working sets are replicated up to this many bytes (H100 L2 is 50 MB).
 const ROTATE_BYTES: usize = 512 << 20;
 
-/// Median milliseconds per call over `reps` event-timed groups of `inner`
-/// back-to-back calls, after `warmup` calls. Calls are queued without a
-/// sync in between, so host launch overhead overlaps earlier calls' GPU
-/// work, as in the engine; `f(i)` runs call i.
-fn time_ms(gpu: &Gpu, warmup: usize, reps: usize, inner: usize, mut f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
-    let mut call = 0;
-    for _ in 0..warmup {
-        f(call)?;
-        call += 1;
-    }
-    gpu.synchronize()?;
-    let ctx = gpu.context();
-    let flags = Some(CUevent_flags::CU_EVENT_DEFAULT);
-    let mut times = Vec::with_capacity(reps);
-    for _ in 0..reps {
-        let (start, stop) = (ctx.new_event(flags)?, ctx.new_event(flags)?);
-        start.record(gpu.stream())?;
-        for _ in 0..inner {
-            f(call)?;
-            call += 1;
-        }
-        stop.record(gpu.stream())?;
-        stop.synchronize()?;
-        times.push(start.elapsed_ms(&stop)? as f64 / inner as f64);
-    }
-    times.sort_by(f64::total_cmp);
-    Ok(times[reps / 2])
+/// Median milliseconds per call (`Gpu::time_calls`).
+fn time_ms(gpu: &Gpu, warmup: usize, reps: usize, inner: usize, f: impl FnMut(usize) -> Result<()>) -> Result<f64> {
+    Ok(gpu.time_calls(warmup, reps, inner, f)?[reps / 2])
 }
 
 fn random_bf16(gpu: &Gpu, n: usize, seed: u32, scale: f32) -> Result<CudaSlice<bf16>> {
