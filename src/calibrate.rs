@@ -75,10 +75,12 @@ pub fn run(profile: &Path, scenario: Option<&Path>, set: &[String], out: Option<
 
 /// The all-reduce fit of an `engine allreduce` JSON, and its `[cost]` lines.
 fn allreduce_fit(path: &Path) -> anyhow::Result<(servetwin_engine::collective::Fit, String)> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{}: not JSON", path.display()))?;
+    // The file is the user's input: a missing or malformed one exits 2.
+    let bad = |msg: String| crate::input::BadInput(format!("{}: {msg}", path.display()));
+    let text = std::fs::read_to_string(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
     let fit: servetwin_engine::collective::Fit = serde_json::from_value(v["fit"].clone())
-        .with_context(|| format!("{}: no \"fit\" object (write it with servetwin engine allreduce)", path.display()))?;
+        .map_err(|_| bad("no \"fit\" object (write it with servetwin engine allreduce)".into()))?;
     let lines = format!(
         "# all-reduce fitted to {} ({} GPUs, {}): mean error {:.2} %\nallreduce_latency_us = {:.3}\nlink_efficiency = {:.6}\n",
         path.display(),

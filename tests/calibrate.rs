@@ -199,5 +199,8 @@ fn a_tensor_parallel_profile_calibrates_with_the_measured_all_reduce() {
     fs::write(&bad, "{\"points\": []}").unwrap();
     let e = servetwin(&["calibrate", p, "--allreduce", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&e.stderr);
-    assert!(!e.status.success() && err.contains("no \"fit\" object"), "{err}");
+    assert!(e.status.code() == Some(2) && err.contains("no \"fit\" object"), "{err}");
+    let e = servetwin(&["calibrate", p, "--allreduce", "/nonexistent/allreduce.json"]);
+    let err = String::from_utf8_lossy(&e.stderr);
+    assert!(e.status.code() == Some(2) && err.contains("cannot read"), "{err}");
 }
