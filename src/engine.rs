@@ -159,7 +159,15 @@ fn bench_on(mut runner: Box<dyn Runner>, loaded: &Loaded, quick: bool, out: &Pat
     runner.allocate(blocks, block_size, None)?;
     let ceilings = runner.ceilings()?;
     let device = &info.device;
-    println!("{} on {device} ({}, tp {}), {blocks} KV blocks of {block_size}", loaded.model.name, info.backend, info.tp);
+    // Decode steps replay CUDA graphs unless `engine.cuda_graphs = false`.
+    let graphs = info.backend == "cuda" && loaded.scenario.engine.as_ref().is_none_or(|e| e.cuda_graphs);
+    println!(
+        "{} on {device} ({}, tp {}{}), {blocks} KV blocks of {block_size}",
+        loaded.model.name,
+        info.backend,
+        info.tp,
+        if graphs { ", CUDA graphs" } else { "" }
+    );
     if let Some(c) = ceilings {
         println!("ceilings (one GPU): copy {:.0} GB/s, GEMM {:.0} TFLOP/s", c.copy_bytes_per_s / 1e9, c.gemm_flops_per_s / 1e12);
     }
@@ -185,6 +193,7 @@ fn bench_on(mut runner: Box<dyn Runner>, loaded: &Loaded, quick: bool, out: &Pat
         "backend": info.backend,
         "device": device,
         "tp": info.tp,
+        "cuda_graphs": graphs,
         "kv_blocks": blocks,
         "block_size": block_size,
         "commit": std::env::var("SERVETWIN_COMMIT").unwrap_or_else(|_| "unknown".into()),

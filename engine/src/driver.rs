@@ -190,8 +190,9 @@ pub fn start_cuda(loaded: &Loaded) -> Result<Box<dyn Runner>> {
     use crate::backend::cuda::CudaBackend;
     check(loaded)?;
     let tp = loaded.scenario.parallelism.tp;
+    let graphs = loaded.scenario.engine.as_ref().is_none_or(|e| e.cuda_graphs);
     if tp == 1 {
-        return Ok(Box::new(Local::load(CudaBackend::new(0)?, loaded, &weights(loaded)?, Shard::WHOLE)?));
+        return Ok(Box::new(Local::load(CudaBackend::new(0)?.with_graphs(graphs), loaded, &weights(loaded)?, Shard::WHOLE)?));
     }
     // A rank that cannot open its GPU would leave the others waiting in
     // NCCL's initialisation: count first.
@@ -200,7 +201,7 @@ pub fn start_cuda(loaded: &Loaded) -> Result<Box<dyn Runner>> {
         return Err(unsupported("parallelism.tp", format!("at most the {gpus} GPUs this machine has, got {tp}")));
     }
     let id = CudaBackend::group_id()?;
-    Ok(Box::new(TpGroup::start(loaded, weights(loaded)?, tp, move |r| CudaBackend::in_group(r, tp as usize, id))?))
+    Ok(Box::new(TpGroup::start(loaded, weights(loaded)?, tp, move |r| CudaBackend::in_group(r, tp as usize, id).map(|b| b.with_graphs(graphs)))?))
 }
 
 /// The executor of `runner`, with a KV pool of the scenario's size

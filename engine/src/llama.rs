@@ -163,6 +163,13 @@ impl<B: Backend> Llama<B> {
     /// Runs one step's ragged batch, writing its K/V into `kv` (one cache
     /// per layer); returns the logits of the sampled rows, [rows, vocab].
     pub fn forward(&self, b: &B, meta: &B::Meta, kv: &mut [B::KvCache]) -> Result<B::Tensor> {
+        let x = self.hidden(b, meta, kv)?;
+        self.logits(b, meta, &x)
+    }
+
+    /// The layers and the final norm: every new token's hidden state,
+    /// [tokens, hidden] (what a decode step's CUDA graph captures).
+    pub fn hidden(&self, b: &B, meta: &B::Meta, kv: &mut [B::KvCache]) -> Result<B::Tensor> {
         let eps = self.config.rms_norm_eps;
         let mut residual = b.embed(&self.embed, meta)?;
         let mut mlp_out: Option<B::Tensor> = None;
@@ -186,12 +193,17 @@ impl<B: Backend> Llama<B> {
             }
             mlp_out = Some(down);
         }
-        let x = match &mlp_out {
-            Some(h) => b.add_rms_norm(h, &mut residual, &self.norm, eps)?,
-            None => b.rms_norm(&residual, &self.norm, eps)?,
-        };
+        match &mlp_out {
+            Some(h) => b.add_rms_norm(h, &mut residual, &self.norm, eps),
+            None => b.rms_norm(&residual, &self.norm, eps),
+        }
+    }
+
+    /// The LM head on the sampled rows of `x` (the output of `hidden`),
+    /// gathered across a tensor-parallel group: [rows, vocab].
+    pub fn logits(&self, b: &B, meta: &B::Meta, x: &B::Tensor) -> Result<B::Tensor> {
         // Only rows that sample need the LM head.
-        let rows = b.sample_rows(&x, meta)?;
+        let rows = b.sample_rows(x, meta)?;
         let logits = b.linear(&rows, self.lm_head.as_ref().unwrap_or(&self.embed))?;
         if self.shard.size > 1 {
             return b.all_gather_cols(logits);

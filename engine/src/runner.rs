@@ -120,11 +120,14 @@ impl<B: Backend> Runner for Local<B> {
     }
 
     fn run(&mut self, batch: &BatchMeta, params: &[SampleParams]) -> Result<Vec<u32>> {
-        let b = &self.backend;
+        let (b, model, kv) = (&self.backend, &self.model, &mut self.kv);
         let meta = b.meta(batch)?;
-        let logits = self.model.forward(b, &meta, &mut self.kv)?;
         // Every rank holds the gathered logits; rank 0 alone samples.
-        let ids = if params.is_empty() || self.model.shard.rank != 0 { Vec::new() } else { b.sample(&logits, params)? };
+        let samples = !params.is_empty() && model.shard.rank == 0;
+        let ids = b.step(&meta, &mut |m| model.hidden(b, m, kv), &mut |m, x| {
+            let logits = model.logits(b, m, x)?;
+            if samples { b.sample(&logits, params) } else { Ok(Vec::new()) }
+        })?;
         b.synchronize()?;
         Ok(ids)
     }

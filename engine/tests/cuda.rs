@@ -239,9 +239,15 @@ fn run_model<B: Backend>(
         }
         meta.finish();
         let d = b.meta(&meta).unwrap();
-        let logits = model.forward(b, &d, &mut kv).unwrap();
-        let ids = b.sample(&logits, &vec![greedy; who.len()]).unwrap();
-        out_logits.push(b.to_host(&logits).unwrap());
+        // Through `step`, as the engine runs it: decode steps replay CUDA
+        // graphs where the backend captures them.
+        let (logits, ids) = b
+            .step(&d, &mut |m| model.hidden(b, m, &mut kv), &mut |m, x| {
+                let logits = model.logits(b, m, x)?;
+                Ok((b.to_host(&logits)?, b.sample(&logits, &vec![greedy; who.len()])?))
+            })
+            .unwrap();
+        out_logits.push(logits);
         for (&s, id) in who.iter().zip(ids) {
             if toks[s].len() < prompts[s] + decodes {
                 let id = force.map_or(id, |f| f[s][toks[s].len()]);
@@ -311,6 +317,36 @@ fn whole_model_logits_and_greedy_tokens_match_the_cpu() {
         println!("  {compared} greedy tokens compared, all equal");
         assert!(compared >= 24, "most tokens were compared");
     }
+}
+
+#[test]
+fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
+    let Some(g) = gpu() else { return };
+    // Eleven sequences finishing their prompts at different steps: decode
+    // batches of 11 down to 1 (buckets 16, 8, 4, 2, 1 with padding), and
+    // partitions of 1 to 4 parts replayed with each step's own size.
+    let m = model(128, 8, 2, false);
+    let w = HostWeights::dummy(&m, 7, 0.05);
+    let prompts = [70usize, 5, 33, 1, 9, 17, 2, 40, 3, 11, 60];
+    let eager = g.with_graphs(false);
+    let (le, te) = run_model(&eager, &m, &w, Shard::WHOLE, &prompts, 24, 40, None);
+    assert_eq!(eager.graphs_captured(), 0);
+    let graphed = CudaBackend::new(0).unwrap();
+    let (lg, forced) = run_model(&graphed, &m, &w, Shard::WHOLE, &prompts, 24, 40, Some(&te));
+    assert_eq!(forced, te);
+    let captured = graphed.graphs_captured();
+    assert!(captured >= 8, "{captured} graphs captured");
+    // Same kernels and partitions; only the GEMMs' row counts differ (the
+    // padded bucket), which may change cuBLAS's algorithm and so the bf16
+    // rounding of a sum.
+    let mut worst = 0.0f32;
+    for (a, b) in lg.iter().zip(&le) {
+        worst = worst.max(close("graphed logits", a, b, 0.02, 0.02));
+    }
+    println!("{} steps, {captured} graphs captured: max |Δlogit| {worst} against eager", le.len());
+    let (_, tg) = run_model(&CudaBackend::new(0).unwrap(), &m, &w, Shard::WHOLE, &prompts, 24, 40, None);
+    let compared = greedy_agree_but_for_near_ties(&m, &bf16_rounded(&w), &prompts, &tg, &te);
+    assert!(compared >= 200, "{compared} greedy tokens compared");
 }
 
 /// Runs `run_model` on GPUs 0 and 1 as a 2-way tensor-parallel group;

@@ -122,9 +122,17 @@ impl Gpu {
         // the longest sequence's single block ran long after the others had
         // ended (150 decodes averaging 340 keys beside one of 3,000: 0.5–0.8
         // ms a step on the 2×H200 runs, none of it in a uniform profile).
-        let mean_keys = meta.total_keys.div_ceil(meta.num_seqs.max(1));
-        let part = decode_partition_keys(mean_keys, meta.num_seqs, shape.num_kv_heads, self.num_sms);
+        let (part, _) = self.decode_partition(meta.total_keys, meta.max_keys, meta.num_seqs, shape.num_kv_heads);
         self.decode_attention_parts(qkv, k_cache, v_cache, meta, shape, out, part)
+    }
+
+    /// The partition `decode_attention` gives `num_seqs` sequences of
+    /// `total_keys` keys in all, the longest `max_keys`, over
+    /// `num_kv_heads` heads: (keys per part, parts of the longest).
+    pub fn decode_partition(&self, total_keys: usize, max_keys: usize, num_seqs: usize, num_kv_heads: usize) -> (usize, usize) {
+        let mean_keys = total_keys.div_ceil(num_seqs.max(1));
+        let part = decode_partition_keys(mean_keys, num_seqs, num_kv_heads, self.num_sms);
+        (part, max_keys.max(1).div_ceil(part))
     }
 
     /// `decode_attention` with partitions of `part_keys` keys (a multiple
@@ -148,7 +156,12 @@ impl Gpu {
         let p = self.attn_ptrs(qkv, k_cache, v_cache, meta, shape, out)?;
         let m = meta.ptrs(self);
         let (hd, g) = (shape.head_dim, shape.group());
-        let max_parts = meta.max_keys.div_ceil(part);
+        // A partition fixed in the metadata is read from the device, in a
+        // grid of the parts it names (see `BatchMeta::decode_partition`).
+        let (max_parts, part_dev) = match meta.decode_grid_parts {
+            Some(parts) => (parts, m.decode_part),
+            None => (meta.max_keys.div_ceil(part), 0u64),
+        };
         let slots = meta.num_seqs * shape.num_q_heads * max_parts;
         let scratch_len = if max_parts > 1 { slots * (hd + 2) } else { 1 };
         // Per warp: an accumulator row and (m, l) per head of the group,
@@ -168,7 +181,7 @@ impl Gpu {
             f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
             let mut b = self.stream.launch_builder(f);
             b.arg(&p.q).arg(&q_stride).arg(&p.k).arg(&p.v).arg(&m.cu_q).arg(&m.ctx_len);
-            b.arg(&m.block_tables).arg(&max_blocks).arg(&nkv).arg(&bs).arg(&bs_shift).arg(&part_i);
+            b.arg(&m.block_tables).arg(&max_blocks).arg(&nkv).arg(&bs).arg(&bs_shift).arg(&part_i).arg(&part_dev);
             b.arg(&max_parts_i).arg(&scale_log2).arg(&p.out).arg(&out_stride).arg(&ws_acc).arg(&ws_ml);
             let cfg = LaunchConfig {
                 grid_dim: (shape.num_kv_heads as u32, meta.num_seqs as u32, max_parts as u32),
@@ -183,7 +196,7 @@ impl Gpu {
                 let f = self.function("decode_combine")?;
                 let mut b = self.stream.launch_builder(f);
                 b.arg(&ws_acc).arg(&ws_ml).arg(&m.cu_q).arg(&m.ctx_len).arg(&nq).arg(&hd_i);
-                b.arg(&part_i).arg(&max_parts_i).arg(&p.out).arg(&out_stride);
+                b.arg(&part_i).arg(&part_dev).arg(&max_parts_i).arg(&p.out).arg(&out_stride);
                 let cfg = LaunchConfig {
                     grid_dim: (shape.num_q_heads as u32, meta.num_seqs as u32, 1),
                     block_dim: (hd as u32, 1, 1),

@@ -205,8 +205,9 @@ pub struct Gpu {
     pub(crate) stream: Arc<CudaStream>,
     functions: HashMap<&'static str, CudaFunction>,
     pub(crate) blas: Blas,
-    /// Split-context partials of decode attention; grows on demand.
-    pub(crate) scratch_f32: Mutex<Option<CudaSlice<f32>>>,
+    /// Split-context partials of decode attention, the newest (largest)
+    /// last; grows on demand.
+    pub(crate) scratch_f32: Mutex<Vec<CudaSlice<f32>>>,
     pub(crate) num_sms: u32,
     name: String,
     compute_capability: (i32, i32),
@@ -283,7 +284,7 @@ impl Gpu {
             stream,
             functions,
             blas,
-            scratch_f32: Mutex::new(None),
+            scratch_f32: Mutex::new(Vec::new()),
             num_sms,
             compute_capability: cc,
         })
@@ -388,12 +389,13 @@ impl Gpu {
         f: impl FnOnce(&mut CudaSlice<f32>) -> Result<R>,
     ) -> Result<R> {
         let mut guard = self.scratch_f32.lock().expect("scratch lock");
-        if guard.as_ref().is_none_or(|s| s.len() < len) {
-            // Drop the old buffer first; stream-ordered free keeps earlier
-            // launches that still read it safe.
-            *guard = None;
-            *guard = Some(self.stream.alloc_zeros::<f32>(len.max(1 << 16))?);
+        if guard.last().is_none_or(|s| s.len() < len) {
+            // The old buffers stay: a captured CUDA graph may address them.
+            // Growth at least doubles, so they are at most as large as the
+            // newest together.
+            let grown = guard.last().map_or(0, |s| 2 * s.len());
+            guard.push(self.stream.alloc_zeros::<f32>(len.max(grown).max(1 << 16))?);
         }
-        f(guard.as_mut().expect("scratch allocated above"))
+        f(guard.last_mut().expect("scratch allocated above"))
     }
 }

@@ -43,6 +43,7 @@
 //! gpu.argmax::<f32 | bf16>(logits: [S, V], rows, vocab, out: &mut i32[S])
 //! gpu.sample::<f32 | bf16>(logits, rows, vocab, temperature: &[f32], top_p: &[f32], uniform: &[f32], out: &mut i32[S])
 //! gpu.fill_uniform(buf: &mut bf16[..], seed, scale)   // benchmark data
+//! gpu.capture(|| launches…) -> (Graph, R); graph.launch()   // CUDA graphs (graph.rs)
 //! ```
 //! Every launcher returns `Result<(), KernelError>`.
 //!
@@ -52,6 +53,7 @@ mod attention;
 mod error;
 mod gemm;
 mod gpu;
+mod graph;
 mod launch;
 mod meta;
 pub mod reference;
@@ -62,6 +64,7 @@ pub use attention::decode_partition_keys;
 pub use cudarc;
 pub use error::{KernelError, Result};
 pub use gemm::{GemmOut, GEMV_MAX_TOKENS};
+pub use graph::Graph;
 pub use gpu::{compile_module_cubin, compiled_modules, cuda_libraries_present, device_count, Gpu};
 pub use launch::Logit;
 pub use meta::{BatchMeta, DeviceMeta, SeqSpec};

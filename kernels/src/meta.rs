@@ -35,6 +35,11 @@ pub struct BatchMeta {
     pub positions: Vec<i32>,
     /// Flat cache slot `block * block_size + offset` of each new token.
     pub slot_mapping: Vec<i32>,
+    /// A decode step's partition (keys per part, parts in the grid) fixed
+    /// here rather than chosen by the launcher: the kernels then read the
+    /// size from the uploaded buffer, so that a captured CUDA graph
+    /// replays with each step's own partition (see `Gpu::decode_attention`).
+    pub decode_partition: Option<(u32, u32)>,
 }
 
 impl BatchMeta {
@@ -52,6 +57,7 @@ impl BatchMeta {
             block_tables: vec![0; seqs.len() * max_blocks],
             positions: Vec::new(),
             slot_mapping: Vec::new(),
+            decode_partition: None,
         };
         for (i, s) in seqs.iter().enumerate() {
             ensure(s.new_tokens > 0, || format!("sequence {i} has no new tokens"))?;
@@ -77,6 +83,20 @@ impl BatchMeta {
             }
         }
         Ok(meta)
+    }
+
+    /// The same metadata with block-table rows `stride` entries apart (at
+    /// least the longest table), so that batches of one shape share one
+    /// layout whatever their tables' lengths.
+    pub fn with_table_stride(mut self, stride: usize) -> Result<BatchMeta> {
+        ensure(stride >= self.max_blocks, || format!("table stride {stride} under the longest table's {}", self.max_blocks))?;
+        let mut tables = vec![0; self.num_seqs() * stride];
+        for (row, old) in tables.chunks_exact_mut(stride).zip(self.block_tables.chunks_exact(self.max_blocks)) {
+            row[..old.len()].copy_from_slice(old);
+        }
+        self.block_tables = tables;
+        self.max_blocks = stride;
+        Ok(self)
     }
 
     /// KV blocks that sequences of (new, context) token counts occupy.
@@ -152,12 +172,13 @@ impl BatchMeta {
             .unwrap_or(0) as usize
     }
 
-    /// Copies the metadata to the device in one transfer.
-    pub fn upload(&self, gpu: &Gpu) -> Result<DeviceMeta> {
+    /// The five arrays and the fixed partition size (0: none), end to end,
+    /// as the device buffer holds them.
+    fn packed(&self) -> (Vec<i32>, [usize; 6]) {
         let mut packed = Vec::with_capacity(
-            self.cu_q.len() + self.ctx_len.len() + self.block_tables.len() + 2 * self.positions.len(),
+            self.cu_q.len() + self.ctx_len.len() + self.block_tables.len() + 2 * self.positions.len() + 1,
         );
-        let mut offsets = [0usize; 5];
+        let mut offsets = [0usize; 6];
         for (k, part) in [&self.cu_q, &self.ctx_len, &self.block_tables, &self.positions, &self.slot_mapping]
             .into_iter()
             .enumerate()
@@ -165,8 +186,15 @@ impl BatchMeta {
             offsets[k] = packed.len();
             packed.extend_from_slice(part);
         }
-        Ok(DeviceMeta {
-            buf: gpu.upload(&packed)?,
+        offsets[5] = packed.len();
+        packed.push(self.decode_partition.map_or(0, |(keys, _)| keys as i32));
+        (packed, offsets)
+    }
+
+    /// The device copy `buf` (laid out at `offsets`), with its host-side summary.
+    fn summary(&self, buf: CudaSlice<i32>, offsets: [usize; 6]) -> DeviceMeta {
+        DeviceMeta {
+            buf,
             offsets,
             num_seqs: self.num_seqs(),
             num_tokens: self.num_tokens(),
@@ -177,7 +205,44 @@ impl BatchMeta {
             total_keys: self.total_keys(),
             max_block_id: self.max_block_id(),
             max_position: self.positions.iter().copied().max().unwrap_or(0) as usize,
-        })
+            decode_grid_parts: self.decode_partition.map(|(_, parts)| parts as usize),
+        }
+    }
+
+    fn check_partition(&self) -> Result<()> {
+        if let Some((keys, parts)) = self.decode_partition {
+            ensure(keys > 0 && keys % 32 == 0 && parts > 0, || format!("decode partition of {keys} keys × {parts}"))?;
+            ensure((keys as usize) * (parts as usize) >= self.max_keys(), || {
+                format!("{parts} parts of {keys} keys do not cover {} keys", self.max_keys())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Copies the metadata to the device in one transfer.
+    pub fn upload(&self, gpu: &Gpu) -> Result<DeviceMeta> {
+        self.check_partition()?;
+        let (packed, offsets) = self.packed();
+        Ok(self.summary(gpu.upload(&packed)?, offsets))
+    }
+
+    /// Overwrites `dev` (a buffer of the same layout: sequences, tokens,
+    /// table stride) with this metadata in place, so that kernels captured
+    /// with `dev`'s addresses read this step.
+    pub fn upload_into(&self, gpu: &Gpu, dev: &mut DeviceMeta) -> Result<()> {
+        self.check_partition()?;
+        let layout = (self.num_seqs(), self.num_tokens(), self.max_blocks);
+        ensure(layout == (dev.num_seqs, dev.num_tokens, dev.max_blocks), || {
+            format!(
+                "metadata of (sequences, tokens, table stride) {layout:?} into a buffer laid out for {:?}",
+                (dev.num_seqs, dev.num_tokens, dev.max_blocks)
+            )
+        })?;
+        let (packed, offsets) = self.packed();
+        gpu.upload_into(&packed, &mut dev.buf)?;
+        let buf = std::mem::replace(&mut dev.buf, gpu.stream.null()?);
+        *dev = self.summary(buf, offsets);
+        Ok(())
     }
 }
 
@@ -190,7 +255,7 @@ fn to_i32(v: usize, what: &str) -> Result<i32> {
 #[derive(Debug)]
 pub struct DeviceMeta {
     buf: CudaSlice<i32>,
-    offsets: [usize; 5],
+    offsets: [usize; 6],
     /// `S`.
     pub num_seqs: usize,
     /// `T`.
@@ -209,9 +274,11 @@ pub struct DeviceMeta {
     pub max_block_id: usize,
     /// Largest position (checked against the RoPE table's length).
     pub max_position: usize,
+    /// Parts in the decode grid when the partition is fixed in the buffer.
+    pub decode_grid_parts: Option<usize>,
 }
 
-/// Device addresses of the five metadata arrays.
+/// Device addresses of the five metadata arrays and the fixed partition.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct MetaPtrs {
     pub cu_q: u64,
@@ -219,6 +286,7 @@ pub(crate) struct MetaPtrs {
     pub block_tables: u64,
     pub positions: u64,
     pub slot_mapping: u64,
+    pub decode_part: u64,
 }
 
 impl DeviceMeta {
@@ -231,6 +299,7 @@ impl DeviceMeta {
             block_tables: at(2),
             positions: at(3),
             slot_mapping: at(4),
+            decode_part: at(5),
         }
     }
 }
@@ -251,6 +320,14 @@ mod tests {
         assert_eq!(meta.positions, vec![2, 3, 4, 4]);
         assert_eq!(meta.slot_mapping, vec![9 * 4 + 2, 9 * 4 + 3, 2 * 4, 7 * 4]);
         assert_eq!((meta.max_new_tokens(), meta.max_keys(), meta.max_block_id()), (3, 5, 9));
+    }
+
+    #[test]
+    fn a_wider_table_stride_keeps_every_row() {
+        let meta = BatchMeta::from_counts(4, &[(3, 2), (1, 4)], &[9, 2, 5, 7]).unwrap().with_table_stride(3).unwrap();
+        assert_eq!(meta.block_tables, vec![9, 2, 0, 5, 7, 0]);
+        assert_eq!(meta.max_block_id(), 9);
+        assert!(meta.with_table_stride(2).is_err());
     }
 
     #[test]

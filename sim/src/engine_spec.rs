@@ -34,11 +34,14 @@ pub struct EngineSpec {
     /// Standard deviation of dummy linear and embedding weights; 0.02 is
     /// transformers' LlamaConfig `initializer_range`. Norm weights are 1.
     pub init_std: f64,
+    /// Replays decode steps from captured CUDA graphs (CUDA backend; false
+    /// runs every step eagerly, as vLLM's `enforce_eager` does).
+    pub cuda_graphs: bool,
 }
 
 impl Default for EngineSpec {
     fn default() -> Self {
-        EngineSpec { load: LoadFormat::Dummy, weights: None, temperature: 0.0, top_p: 1.0, init_std: 0.02 }
+        EngineSpec { load: LoadFormat::Dummy, weights: None, temperature: 0.0, top_p: 1.0, init_std: 0.02, cuda_graphs: true }
     }
 }
 

@@ -9,6 +9,9 @@ use servetwin_kernels::cudarc::driver::CudaSlice;
 use servetwin_kernels::cudarc::nccl::{Comm, Id, ReduceOp};
 use servetwin_kernels::{AttnShape as KShape, BatchMeta as KMeta, DeviceMeta, Gpu, RopeTable, SeqSpec};
 
+use std::sync::Mutex;
+
+use super::cuda_graphs::{GraphStep, Graphs};
 use super::{AttnShape, Backend, BatchMeta, SampleParams};
 use crate::{EngineError, Result};
 
@@ -29,6 +32,8 @@ pub struct CudaBackend {
     pub gpu: Gpu,
     /// This GPU's NCCL communicator in a tensor-parallel group.
     comm: Option<Comm>,
+    /// Decode steps' CUDA graphs; None runs every step eagerly.
+    graphs: Option<Mutex<Graphs>>,
 }
 
 fn nccl_err(e: impl std::fmt::Debug) -> EngineError {
@@ -39,7 +44,19 @@ impl CudaBackend {
     /// Opens GPU `ordinal` and compiles the kernels; "no CUDA driver found"
     /// where there is none.
     pub fn new(ordinal: usize) -> Result<Self> {
-        Ok(CudaBackend { gpu: Gpu::new(ordinal).map_err(err)?, comm: None })
+        Ok(CudaBackend { gpu: Gpu::new(ordinal).map_err(err)?, comm: None, graphs: Some(Mutex::default()) })
+    }
+
+    /// Turns decode steps' CUDA graphs on (the default) or off (every step
+    /// eager, vLLM's `enforce_eager`).
+    pub fn with_graphs(mut self, on: bool) -> Self {
+        self.graphs = on.then(Mutex::default);
+        self
+    }
+
+    /// CUDA graphs captured so far.
+    pub fn graphs_captured(&self) -> usize {
+        self.graphs.as_ref().map_or(0, |g| g.lock().expect("graphs lock").captured)
     }
 
     /// Rank `rank` of a `size`-GPU group on GPU `rank`, joined through the
@@ -47,7 +64,7 @@ impl CudaBackend {
     pub fn in_group(rank: usize, size: usize, id: Id) -> Result<Self> {
         let gpu = Gpu::new(rank).map_err(err)?;
         let comm = Comm::from_rank(gpu.stream().clone(), rank, size, id).map_err(nccl_err)?;
-        Ok(CudaBackend { gpu, comm: Some(comm) })
+        Ok(CudaBackend { gpu, comm: Some(comm), graphs: Some(Mutex::default()) })
     }
 
     /// A new group's id, once libnccl is known to load (cudarc panics
@@ -89,18 +106,34 @@ pub struct GpuKv {
     v: CudaSlice<bf16>,
 }
 
-pub struct GpuMeta {
-    dev: DeviceMeta,
+/// A step's metadata: uploaded for eager kernels, or laid out for a graph
+/// (uploaded into its bucket's buffers when it runs; see cuda_graphs.rs).
+pub enum GpuMeta {
+    Eager(StepInputs),
+    Graphed(GraphStep),
+}
+
+impl GpuMeta {
+    fn inputs(&self) -> Result<&StepInputs> {
+        match self {
+            GpuMeta::Eager(i) => Ok(i),
+            GpuMeta::Graphed(_) => Err(EngineError::Backend("a graphed decode step runs through Backend::step".into())),
+        }
+    }
+}
+
+pub struct StepInputs {
+    pub(super) dev: DeviceMeta,
     /// A mixed step's (decode rows, their metadata, the prefill rows'
     /// metadata), when its single-token sequences lead the batch (the
     /// executor orders them so): each part then runs its own attention
     /// kernel, as FlashInfer's separate decode and prefill paths do. The
     /// prefill kernel gives each single-token sequence one CTA over its
     /// whole context, which made mixed steps ~10 % slower than their parts.
-    split: Option<(usize, DeviceMeta, DeviceMeta)>,
-    ids: CudaSlice<i32>,
-    rows: CudaSlice<i32>,
-    num_rows: usize,
+    pub(super) split: Option<(usize, DeviceMeta, DeviceMeta)>,
+    pub(super) ids: CudaSlice<i32>,
+    pub(super) rows: CudaSlice<i32>,
+    pub(super) num_rows: usize,
 }
 
 fn kshape(s: AttnShape) -> KShape {
@@ -190,12 +223,20 @@ impl Backend for CudaBackend {
         Ok(GpuTensor { buf: self.gpu.upload(&host).map_err(err)?, rows, cols })
     }
 
+    /// One block more than asked for: the scratch block graphed steps'
+    /// padding sequences write to.
     fn kv_cache(&self, num_blocks: u32, block_size: u32, kv_heads: u32, head_dim: u32) -> Result<GpuKv> {
-        let n = num_blocks as usize * block_size as usize * kv_heads as usize * head_dim as usize;
+        if let Some(g) = &self.graphs {
+            g.lock().expect("graphs lock").set_pool(num_blocks, block_size, kv_heads);
+        }
+        let n = (num_blocks as usize + 1) * block_size as usize * kv_heads as usize * head_dim as usize;
         Ok(GpuKv { k: self.gpu.zeros(n).map_err(err)?, v: self.gpu.zeros(n).map_err(err)? })
     }
 
     fn rope(&self, cos_sin: &[f32], max_pos: u32, head_dim: u32) -> Result<RopeTable> {
+        if let Some(g) = &self.graphs {
+            g.lock().expect("graphs lock").set_max_positions(max_pos);
+        }
         let half = head_dim as usize / 2;
         let (mut cos, mut sin) = (Vec::with_capacity(max_pos as usize * half), Vec::with_capacity(max_pos as usize * half));
         for row in cos_sin.chunks_exact(2 * half) {
@@ -211,6 +252,11 @@ impl Backend for CudaBackend {
     }
 
     fn meta(&self, b: &BatchMeta) -> Result<GpuMeta> {
+        if let Some(g) = &self.graphs {
+            if let Some(step) = g.lock().expect("graphs lock").plan(&self.gpu, b)? {
+                return Ok(GpuMeta::Graphed(step));
+            }
+        }
         let specs: Vec<SeqSpec> = (0..b.num_seqs())
             .map(|s| SeqSpec { new_tokens: b.cu_q[s + 1] - b.cu_q[s], context_tokens: b.ctx_len[s], block_table: b.table(s) })
             .collect();
@@ -224,16 +270,32 @@ impl Backend for CudaBackend {
         };
         let ids: Vec<i32> = b.token_ids.iter().map(|&t| t as i32).collect();
         let rows: Vec<i32> = b.sample_rows.iter().map(|&t| t as i32).collect();
-        Ok(GpuMeta {
+        Ok(GpuMeta::Eager(StepInputs {
             dev,
             split,
             ids: self.gpu.upload(&ids).map_err(err)?,
             rows: self.gpu.upload(if rows.is_empty() { &[0] } else { &rows }).map_err(err)?,
             num_rows: rows.len(),
-        })
+        }))
+    }
+
+    fn step<R>(
+        &self,
+        meta: &GpuMeta,
+        forward: &mut dyn FnMut(&GpuMeta) -> Result<GpuTensor>,
+        head: &mut dyn FnMut(&GpuMeta, &GpuTensor) -> Result<R>,
+    ) -> Result<R> {
+        match (meta, &self.graphs) {
+            (GpuMeta::Graphed(step), Some(g)) => g.lock().expect("graphs lock").run(&self.gpu, step, forward, head),
+            _ => {
+                let x = forward(meta)?;
+                head(meta, &x)
+            }
+        }
     }
 
     fn embed(&self, table: &GpuTensor, meta: &GpuMeta) -> Result<GpuTensor> {
+        let meta = meta.inputs()?;
         let (t, h) = (meta.dev.num_tokens, table.cols);
         let mut out = self.alloc(t * h)?;
         self.gpu.embedding(&meta.ids, &table.buf, &mut out, t, h).map_err(err)?;
@@ -270,13 +332,14 @@ impl Backend for CudaBackend {
     /// Rotates q and k inside the fused rows, which the attention kernels
     /// then read q from directly.
     fn rope_store_kv(&self, mut qkv: GpuTensor, rope: &RopeTable, kv: &mut GpuKv, meta: &GpuMeta, s: AttnShape) -> Result<GpuTensor> {
-        self.gpu.rope_write_kv(&mut qkv.buf, rope, &meta.dev, &kshape(s), &mut kv.k, &mut kv.v).map_err(err)?;
+        self.gpu.rope_write_kv(&mut qkv.buf, rope, &meta.inputs()?.dev, &kshape(s), &mut kv.k, &mut kv.v).map_err(err)?;
         Ok(qkv)
     }
 
     fn attention(&self, qkv: &GpuTensor, kv: &GpuKv, meta: &GpuMeta, s: AttnShape) -> Result<GpuTensor> {
         let shape = kshape(s);
         let mut out = self.alloc(qkv.rows * shape.out_width())?;
+        let meta = meta.inputs()?;
         let d = &meta.dev;
         if let Some((rows, dm, pm)) = &meta.split {
             let (q_w, o_w) = (qkv.cols, shape.out_width());
@@ -301,6 +364,7 @@ impl Backend for CudaBackend {
 
     /// A row gather: the embedding kernel with `x` as the table.
     fn sample_rows(&self, x: &GpuTensor, meta: &GpuMeta) -> Result<GpuTensor> {
+        let meta = meta.inputs()?;
         let mut out = self.alloc(meta.num_rows * x.cols)?;
         if meta.num_rows > 0 {
             self.gpu.embedding(&meta.rows, &x.buf, &mut out, meta.num_rows, x.cols).map_err(err)?;

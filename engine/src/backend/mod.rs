@@ -12,6 +12,8 @@
 pub mod cpu;
 #[cfg(feature = "cuda")]
 pub mod cuda;
+#[cfg(feature = "cuda")]
+pub mod cuda_graphs;
 
 use crate::Result;
 
@@ -162,6 +164,19 @@ pub trait Backend {
     /// frequency, then sin(p·f) ([max_pos, head_dim]).
     fn rope(&self, cos_sin: &[f32], max_pos: u32, head_dim: u32) -> Result<Self::Rope>;
     fn meta(&self, batch: &BatchMeta) -> Result<Self::Meta>;
+    /// One step: `forward` (the model up to its final hidden states) over
+    /// `meta`, then `head` (LM head, sampling) on its result. The CUDA
+    /// backend replays `forward` from a captured graph where the step is a
+    /// decode step it has one for (`head` then gets the graph's inputs).
+    fn step<R>(
+        &self,
+        meta: &Self::Meta,
+        forward: &mut dyn FnMut(&Self::Meta) -> Result<Self::Tensor>,
+        head: &mut dyn FnMut(&Self::Meta, &Self::Tensor) -> Result<R>,
+    ) -> Result<R> {
+        let x = forward(meta)?;
+        head(meta, &x)
+    }
     /// Rows of `table` [vocab, hidden] for the batch's token ids.
     fn embed(&self, table: &Self::Weight, meta: &Self::Meta) -> Result<Self::Tensor>;
     /// RMSNorm(x) · w.
