@@ -64,6 +64,15 @@ pub fn decode_partition_keys(max_keys: usize, num_seqs: usize, num_kv_heads: usi
     max_keys.div_ceil(parts).next_multiple_of(32)
 }
 
+/// The partition `decode_attention` gives `num_seqs` sequences of
+/// `total_keys` keys in all, the longest `max_keys`, over `num_kv_heads`
+/// heads on `num_sms` SMs: (keys per part, parts of the longest).
+pub fn decode_partition(total_keys: usize, max_keys: usize, num_seqs: usize, num_kv_heads: usize, num_sms: u32) -> (usize, usize) {
+    let mean_keys = total_keys.div_ceil(num_seqs.max(1));
+    let part = decode_partition_keys(mean_keys, num_seqs, num_kv_heads, num_sms);
+    (part, max_keys.max(1).div_ceil(part))
+}
+
 /// log2 of a power-of-two block size (the kernels then index with a shift
 /// instead of a division), else -1.
 fn block_shift(block_size: usize) -> i32 {
@@ -122,18 +131,10 @@ impl Gpu {
         // the longest sequence's single block ran long after the others had
         // ended (150 decodes averaging 340 keys beside one of 3,000: 0.5–0.8
         // ms a step on the 2×H200 runs, none of it in a uniform profile).
-        let (part, _) = self.decode_partition(meta.total_keys, meta.max_keys, meta.num_seqs, shape.num_kv_heads);
+        let (part, _) = decode_partition(meta.total_keys, meta.max_keys, meta.num_seqs, shape.num_kv_heads, self.num_sms);
         self.decode_attention_parts(qkv, k_cache, v_cache, meta, shape, out, part)
     }
 
-    /// The partition `decode_attention` gives `num_seqs` sequences of
-    /// `total_keys` keys in all, the longest `max_keys`, over
-    /// `num_kv_heads` heads: (keys per part, parts of the longest).
-    pub fn decode_partition(&self, total_keys: usize, max_keys: usize, num_seqs: usize, num_kv_heads: usize) -> (usize, usize) {
-        let mean_keys = total_keys.div_ceil(num_seqs.max(1));
-        let part = decode_partition_keys(mean_keys, num_seqs, num_kv_heads, self.num_sms);
-        (part, max_keys.max(1).div_ceil(part))
-    }
 
     /// `decode_attention` with partitions of `part_keys` keys (a multiple
     /// of 32): the benchmark's sweep of the partition size.

@@ -290,6 +290,24 @@ fn decode_attention_any_partition_matches_reference() {
     }
 }
 
+/// A partition fixed in the metadata (as a replayed CUDA graph's is) wins
+/// over the launcher's argument: 32-key parts passed, 1024- or 96-key
+/// parts in the metadata, in a grid with spare parts.
+#[test]
+fn decode_attention_reads_a_partition_fixed_in_the_metadata() {
+    let Some(g) = gpu() else { return };
+    let ctxs: Vec<(u32, u32)> = [0u32, 31, 64, 255, 700, 1024, 2047].iter().map(|&c| (1, c)).collect();
+    for (i, shape) in SHAPES.iter().enumerate() {
+        for (j, (keys, parts)) in [(1024u32, 4u32), (96, 32)].into_iter().enumerate() {
+            let mut r = rng(7000 + 10 * i as u64 + j as u64);
+            let mut b = batch(&mut r, 16, &ctxs);
+            b.meta.decode_partition = Some((keys, parts));
+            let (got, want) = attention_case(g, &mut r, &b, shape, Attn::DecodeParts(32));
+            assert_close(&format!("decode {shape:?} fixed partition {keys} × {parts}"), &got, &want, ATTN_ABS_TOL, 0.0);
+        }
+    }
+}
+
 #[test]
 fn prefill_attention_matches_reference() {
     let Some(g) = gpu() else { return };

@@ -109,7 +109,7 @@ pub struct GpuKv {
 /// A step's metadata: uploaded for eager kernels, or laid out for a graph
 /// (uploaded into its bucket's buffers when it runs; see cuda_graphs.rs).
 pub enum GpuMeta {
-    Eager(StepInputs),
+    Eager(Box<StepInputs>),
     Graphed(GraphStep),
 }
 
@@ -253,7 +253,7 @@ impl Backend for CudaBackend {
 
     fn meta(&self, b: &BatchMeta) -> Result<GpuMeta> {
         if let Some(g) = &self.graphs {
-            if let Some(step) = g.lock().expect("graphs lock").plan(&self.gpu, b)? {
+            if let Some(step) = g.lock().expect("graphs lock").plan(self.gpu.num_sms(), b)? {
                 return Ok(GpuMeta::Graphed(step));
             }
         }
@@ -270,13 +270,13 @@ impl Backend for CudaBackend {
         };
         let ids: Vec<i32> = b.token_ids.iter().map(|&t| t as i32).collect();
         let rows: Vec<i32> = b.sample_rows.iter().map(|&t| t as i32).collect();
-        Ok(GpuMeta::Eager(StepInputs {
+        Ok(GpuMeta::Eager(Box::new(StepInputs {
             dev,
             split,
             ids: self.gpu.upload(&ids).map_err(err)?,
             rows: self.gpu.upload(if rows.is_empty() { &[0] } else { &rows }).map_err(err)?,
             num_rows: rows.len(),
-        }))
+        })))
     }
 
     fn step<R>(

@@ -21,11 +21,13 @@
 //!   sample.
 //! - A key's first step runs eagerly (it warms the GEMM plans and sizes the
 //!   attention workspace outside the capture), then captures its graph.
+//! - A capture that fails turns graphs off for the backend, with a warning:
+//!   the step's eager result stands and later steps run eagerly.
 
 use std::collections::HashMap;
 
 use half::bf16;
-use servetwin_kernels::{BatchMeta as KMeta, Graph, Gpu, SeqSpec};
+use servetwin_kernels::{decode_partition, BatchMeta as KMeta, Graph, Gpu, SeqSpec};
 
 use super::cuda::{GpuMeta, GpuTensor, StepInputs};
 use super::BatchMeta;
@@ -88,6 +90,8 @@ pub struct Graphs {
     hidden: Option<GpuTensor>,
     /// Graphs captured so far (for reports and tests).
     pub captured: usize,
+    /// A capture failed: every step runs eagerly.
+    failed: bool,
 }
 
 impl Graphs {
@@ -101,9 +105,10 @@ impl Graphs {
         self.max_positions = Some(max_positions);
     }
 
-    /// `b` laid out for a graph, when it is a decode step that fits one.
-    pub fn plan(&self, gpu: &Gpu, b: &BatchMeta) -> Result<Option<GraphStep>> {
-        let (Some(pool), Some(max_pos)) = (self.pool, self.max_positions) else { return Ok(None) };
+    /// `b` laid out for a graph, when it is a decode step that fits one
+    /// (`num_sms`: the device's, which the attention partition depends on).
+    pub fn plan(&self, num_sms: u32, b: &BatchMeta) -> Result<Option<GraphStep>> {
+        let (Some(pool), Some(max_pos), false) = (self.pool, self.max_positions, self.failed) else { return Ok(None) };
         let s = b.num_seqs();
         let rows = b.sample_rows.len();
         let samples_in_order = rows == 0 || (rows == s && b.sample_rows.iter().enumerate().all(|(i, &r)| r as usize == i));
@@ -119,7 +124,8 @@ impl Graphs {
         // The real sequences' partition: the padding's single keys are not
         // part of the mean the launcher would size it by.
         let keys: Vec<usize> = b.ctx_len.iter().map(|&c| c as usize + 1).collect();
-        let (part, parts) = gpu.decode_partition(keys.iter().sum(), keys.iter().copied().max().unwrap_or(1), s, pool.kv_heads as usize);
+        let longest = keys.iter().copied().max().unwrap_or(1);
+        let (part, parts) = decode_partition(keys.iter().sum(), longest, s, pool.kv_heads as usize, num_sms);
         let parts = parts.next_power_of_two();
         let mut host = KMeta::new(pool.block_size as usize, &specs)?.with_table_stride(stride)?;
         host.decode_partition = Some((part as u32, parts as u32));
@@ -150,7 +156,7 @@ impl Graphs {
             std::collections::hash_map::Entry::Vacant(e) => {
                 let all: Vec<i32> = (0..key.seqs as i32).collect();
                 let inputs = StepInputs { dev: step.host.upload(gpu)?, split: None, ids: gpu.upload(&step.ids)?, rows: gpu.upload(&all)?, num_rows: 0 };
-                e.insert(Bucket { meta: GpuMeta::Eager(inputs), graphs: HashMap::new() })
+                e.insert(Bucket { meta: GpuMeta::Eager(Box::new(inputs)), graphs: HashMap::new() })
             }
         };
         let GpuMeta::Eager(inputs) = &mut bucket.meta else { unreachable!("buckets hold eager metadata") };
@@ -173,13 +179,24 @@ impl Graphs {
         }
         let out = self.hidden.as_mut().expect("allocated above");
         let meta = &bucket.meta;
-        let (graph, ()) = gpu.capture(|| -> Result<()> {
+        let captured = gpu.capture(|| -> Result<()> {
             let y = forward(meta)?;
             gpu.stream().memcpy_dtod(&y.buf, &mut out.buf).map_err(|e| EngineError::Backend(e.to_string()))?;
             Ok(())
-        })?;
-        bucket.graphs.insert(key.parts, graph);
-        self.captured += 1;
+        });
+        match captured {
+            Ok((graph, ())) => {
+                bucket.graphs.insert(key.parts, graph);
+                self.captured += 1;
+            }
+            Err(e) => {
+                eprintln!("warning: capturing a CUDA graph of a decode step failed ({e}); decode steps run eagerly from now on");
+                self.failed = true;
+                let r = head(&bucket.meta, &x);
+                self.buckets.clear();
+                return r;
+            }
+        }
         head(&bucket.meta, &x)
     }
 }
@@ -187,6 +204,85 @@ impl Graphs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Decode sequences of the given contexts on blocks of 16, tables as
+    /// long as their tokens need, sampling every row in order.
+    fn decodes(ctx: &[u32]) -> BatchMeta {
+        let mut b = BatchMeta::default();
+        b.clear(16);
+        let mut next = 0;
+        for (s, &c) in ctx.iter().enumerate() {
+            let n = (c + 1).div_ceil(16);
+            let table: Vec<u32> = (next..next + n).collect();
+            next += n;
+            b.push_seq([s as u32 + 7], c, &table, true);
+        }
+        b.finish();
+        b
+    }
+
+    fn graphs() -> Graphs {
+        let mut g = Graphs::default();
+        g.set_pool(100, 16, 2);
+        g.set_max_positions(1024);
+        g
+    }
+
+    #[test]
+    fn a_decode_step_is_padded_to_its_bucket_with_the_scratch_block() {
+        let step = graphs().plan(132, &decodes(&[5, 40, 17])).unwrap().expect("a decode step is graphed");
+        let h = &step.host;
+        assert_eq!(step.key.seqs, 4);
+        assert_eq!(h.ctx_len, [5, 40, 17, 0]);
+        assert_eq!(h.positions, [5, 40, 17, 0]);
+        // The padding writes position 0 of block 100, past the pool's 100.
+        assert_eq!(h.slot_mapping[3], 100 * 16);
+        // Tables of 1, 3 and 2 blocks, laid out 4 apart.
+        assert_eq!(step.key.stride, 4);
+        assert_eq!(h.block_tables, [0, 0, 0, 0, 1, 2, 3, 0, 4, 5, 0, 0, 100, 0, 0, 0]);
+        assert_eq!(step.ids, [7, 8, 9, 0]);
+        assert_eq!(step.rows, 3);
+        // The real sequences' partition (the padding's single key is not in
+        // the mean), its grid rounded up to a power of two.
+        let (part, parts) = decode_partition(6 + 41 + 18, 41, 3, 2, 132);
+        assert_eq!(h.decode_partition, Some((part as u32, parts.next_power_of_two() as u32)));
+        assert_eq!(step.key.parts, parts.next_power_of_two());
+        assert!(part * step.key.parts >= 41);
+    }
+
+    #[test]
+    fn steps_of_one_shape_share_a_graph() {
+        let g = graphs();
+        let a = g.plan(132, &decodes(&[100; 20])).unwrap().unwrap();
+        let b = g.plan(132, &decodes(&[90, 110, 101, 99, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100, 100])).unwrap().unwrap();
+        assert_eq!((a.key.seqs, b.key.seqs), (24, 24));
+        assert_eq!(a.key, b.key);
+        // A much longer context needs more parts: another graph.
+        let c = g.plan(132, &decodes(&[900, 10, 10, 10])).unwrap().unwrap();
+        assert!(c.key.parts > 1, "{:?}", c.key);
+    }
+
+    #[test]
+    fn other_steps_run_eagerly() {
+        let g = graphs();
+        // A prefill chunk.
+        let mut b = BatchMeta::default();
+        b.clear(16);
+        b.push_seq([1, 2, 3], 0, &[0], true);
+        b.finish();
+        assert!(g.plan(132, &b).unwrap().is_none());
+        // Rows sampled out of order, or more sequences than any bucket.
+        let mut b = decodes(&[3, 4]);
+        b.sample_rows = vec![1, 0];
+        assert!(g.plan(132, &b).unwrap().is_none());
+        assert!(g.plan(132, &decodes(&[1; MAX_GRAPH_SEQS + 1])).unwrap().is_none());
+        // Before the KV pool exists.
+        assert!(Graphs::default().plan(132, &decodes(&[3])).unwrap().is_none());
+        // No row samples (a step whose tokens are all discarded): graphed.
+        let mut b = decodes(&[3, 4]);
+        b.sample_rows.clear();
+        assert_eq!(g.plan(132, &b).unwrap().unwrap().rows, 0);
+    }
 
     #[test]
     fn buckets_are_vllms_capture_sizes() {

@@ -168,6 +168,7 @@ pub trait Backend {
     /// `meta`, then `head` (LM head, sampling) on its result. The CUDA
     /// backend replays `forward` from a captured graph where the step is a
     /// decode step it has one for (`head` then gets the graph's inputs).
+    #[allow(clippy::type_complexity)]
     fn step<R>(
         &self,
         meta: &Self::Meta,
