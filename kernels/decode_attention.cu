@@ -226,18 +226,20 @@ __device__ void decode_attn_impl(const bf16* __restrict__ q_base, int q_stride, 
 }
 
 // U = keys per lane in flight: 8 for up to 4 heads, 4 for 8 (registers).
-// A non-null part_dev holds the partition size instead of part_size: a
-// captured CUDA graph replays its launch arguments, so a step's own
-// partition must come from memory the host rewrites before each replay.
+// A non-null `fixed` holds {partition size, block-table stride} in place of
+// part_size and max_blocks: a captured CUDA graph replays its launch
+// arguments, so a step's own values must come from memory the host
+// rewrites before each replay.
 #define DECODE_KERNEL(HD, G, U)                                                                                     \
     extern "C" __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attn_hd##HD##_g##G(                        \
         const bf16* q, int q_stride, const bf16* k_cache, const bf16* v_cache, const int* cu_q, const int* ctx_len, \
         const int* block_tables, int max_blocks, int nkv, int block_size, int bs_shift, int part_size,             \
-        const int* part_dev, int max_parts, float scale_log2, bf16* out, int out_stride, float* ws_acc,             \
+        const int* fixed, int max_parts, float scale_log2, bf16* out, int out_stride, float* ws_acc,                \
         float* ws_ml) {                                                                                             \
-        decode_attn_impl<HD, G, U>(q, q_stride, k_cache, v_cache, cu_q, ctx_len, block_tables, max_blocks, nkv,    \
-                                   block_size, bs_shift, part_dev ? *part_dev : part_size, max_parts, scale_log2,   \
-                                   out, out_stride, ws_acc, ws_ml);                                                 \
+        decode_attn_impl<HD, G, U>(q, q_stride, k_cache, v_cache, cu_q, ctx_len, block_tables,                     \
+                                   fixed ? fixed[1] : max_blocks, nkv, block_size, bs_shift,                        \
+                                   fixed ? fixed[0] : part_size, max_parts, scale_log2, out, out_stride, ws_acc,    \
+                                   ws_ml);                                                                          \
     }
 
 DECODE_KERNEL(64, 1, 8)
@@ -253,10 +255,10 @@ DECODE_KERNEL(128, 8, 4)
 // / sum_p l_p 2^(m_p - M). Grid (head, sequence), one thread per dimension.
 extern "C" __global__ void decode_combine(const float* __restrict__ ws_acc, const float* __restrict__ ws_ml,
                                           const int* __restrict__ cu_q, const int* __restrict__ ctx_len, int nq,
-                                          int hd, int part_size, const int* __restrict__ part_dev,
+                                          int hd, int part_size, const int* __restrict__ fixed,
                                           int max_parts, bf16* __restrict__ out, int out_stride) {
     const int h = blockIdx.x, s = blockIdx.y;
-    if (part_dev) part_size = *part_dev;
+    if (fixed) part_size = fixed[0];
     const int num_parts = (ctx_len[s] + 1 + part_size - 1) / part_size;
     if (num_parts <= 1) return;
     const i64 base = ((i64)s * nq + h) * max_parts;

@@ -111,6 +111,19 @@ impl<B: Backend> Runner for Local<B> {
         // activation reserve, as a step's do.
         if let Some((tokens, seqs)) = warm {
             self.model.warm_up(&self.backend, tokens, seqs)?;
+            // The backend's warm-up steps: each sequence decodes one token
+            // after `ctx` on blocks 0, 1, … (shared: the pool holds nothing
+            // yet, and what they write is never read).
+            for (n, ctx) in self.backend.warm_steps(seqs) {
+                let mut batch = BatchMeta::default();
+                batch.clear(block_size);
+                let table: Vec<u32> = (0..(ctx + 1).div_ceil(block_size)).collect();
+                for _ in 0..n {
+                    batch.push_seq([0], ctx, &table, false);
+                }
+                batch.finish();
+                self.run(&batch, &[])?;
+            }
         }
         Ok(())
     }

@@ -157,10 +157,11 @@ impl Gpu {
         let p = self.attn_ptrs(qkv, k_cache, v_cache, meta, shape, out)?;
         let m = meta.ptrs(self);
         let (hd, g) = (shape.head_dim, shape.group());
-        // A partition fixed in the metadata is read from the device, in a
-        // grid of the parts it names (see `BatchMeta::decode_partition`).
-        let (max_parts, part_dev) = match meta.decode_grid_parts {
-            Some(parts) => (parts, m.decode_part),
+        // A partition fixed in the metadata is read from the device, with
+        // the tables' stride, in a grid of the parts it names (see
+        // `BatchMeta::decode_partition`).
+        let (max_parts, fixed) = match meta.decode_grid_parts {
+            Some(parts) => (parts, m.fixed),
             None => (meta.max_keys.div_ceil(part), 0u64),
         };
         let slots = meta.num_seqs * shape.num_q_heads * max_parts;
@@ -182,7 +183,7 @@ impl Gpu {
             f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
             let mut b = self.stream.launch_builder(f);
             b.arg(&p.q).arg(&q_stride).arg(&p.k).arg(&p.v).arg(&m.cu_q).arg(&m.ctx_len);
-            b.arg(&m.block_tables).arg(&max_blocks).arg(&nkv).arg(&bs).arg(&bs_shift).arg(&part_i).arg(&part_dev);
+            b.arg(&m.block_tables).arg(&max_blocks).arg(&nkv).arg(&bs).arg(&bs_shift).arg(&part_i).arg(&fixed);
             b.arg(&max_parts_i).arg(&scale_log2).arg(&p.out).arg(&out_stride).arg(&ws_acc).arg(&ws_ml);
             let cfg = LaunchConfig {
                 grid_dim: (shape.num_kv_heads as u32, meta.num_seqs as u32, max_parts as u32),
@@ -197,7 +198,7 @@ impl Gpu {
                 let f = self.function("decode_combine")?;
                 let mut b = self.stream.launch_builder(f);
                 b.arg(&ws_acc).arg(&ws_ml).arg(&m.cu_q).arg(&m.ctx_len).arg(&nq).arg(&hd_i);
-                b.arg(&part_i).arg(&part_dev).arg(&max_parts_i).arg(&p.out).arg(&out_stride);
+                b.arg(&part_i).arg(&fixed).arg(&max_parts_i).arg(&p.out).arg(&out_stride);
                 let cfg = LaunchConfig {
                     grid_dim: (shape.num_q_heads as u32, meta.num_seqs as u32, 1),
                     block_dim: (hd as u32, 1, 1),

@@ -36,9 +36,10 @@ pub struct BatchMeta {
     /// Flat cache slot `block * block_size + offset` of each new token.
     pub slot_mapping: Vec<i32>,
     /// A decode step's partition (keys per part, parts in the grid) fixed
-    /// here rather than chosen by the launcher: the kernels then read the
-    /// size from the uploaded buffer, so that a captured CUDA graph
-    /// replays with each step's own partition (see `Gpu::decode_attention`).
+    /// here rather than chosen by the launcher: decode attention then reads
+    /// the size, and the block tables' stride, from the uploaded buffer, so
+    /// that a captured CUDA graph replays with each step's own (see
+    /// `Gpu::decode_attention`).
     pub decode_partition: Option<(u32, u32)>,
 }
 
@@ -83,20 +84,6 @@ impl BatchMeta {
             }
         }
         Ok(meta)
-    }
-
-    /// The same metadata with block-table rows `stride` entries apart (at
-    /// least the longest table), so that batches of one shape share one
-    /// layout whatever their tables' lengths.
-    pub fn with_table_stride(mut self, stride: usize) -> Result<BatchMeta> {
-        ensure(stride >= self.max_blocks, || format!("table stride {stride} under the longest table's {}", self.max_blocks))?;
-        let mut tables = vec![0; self.num_seqs() * stride];
-        for (row, old) in tables.chunks_exact_mut(stride).zip(self.block_tables.chunks_exact(self.max_blocks)) {
-            row[..old.len()].copy_from_slice(old);
-        }
-        self.block_tables = tables;
-        self.max_blocks = stride;
-        Ok(self)
     }
 
     /// KV blocks that sequences of (new, context) token counts occupy.
@@ -172,23 +159,29 @@ impl BatchMeta {
             .unwrap_or(0) as usize
     }
 
-    /// The five arrays and the fixed partition size (0: none), end to end,
-    /// as the device buffer holds them.
+    /// The arrays end to end as the device buffer holds them: the block
+    /// tables last, so that every other array's offset depends on the
+    /// sequence and token counts alone (a graph's buffer then takes tables
+    /// of any stride up to its capacity); before them the partition size
+    /// and the table stride that decode attention reads when the partition
+    /// is fixed.
     fn packed(&self) -> (Vec<i32>, [usize; 6]) {
-        let mut packed = Vec::with_capacity(
-            self.cu_q.len() + self.ctx_len.len() + self.block_tables.len() + 2 * self.positions.len() + 1,
-        );
+        let mut packed = Vec::with_capacity(Self::fixed_len(self.num_seqs(), self.num_tokens()) + self.block_tables.len());
+        let fixed = [self.decode_partition.map_or(0, |(keys, _)| keys as i32), self.max_blocks as i32];
         let mut offsets = [0usize; 6];
-        for (k, part) in [&self.cu_q, &self.ctx_len, &self.block_tables, &self.positions, &self.slot_mapping]
+        for (k, part) in [&self.cu_q[..], &self.ctx_len, &self.positions, &self.slot_mapping, &fixed, &self.block_tables]
             .into_iter()
             .enumerate()
         {
             offsets[k] = packed.len();
             packed.extend_from_slice(part);
         }
-        offsets[5] = packed.len();
-        packed.push(self.decode_partition.map_or(0, |(keys, _)| keys as i32));
         (packed, offsets)
+    }
+
+    /// Length of everything before the block tables.
+    fn fixed_len(seqs: usize, tokens: usize) -> usize {
+        (seqs + 1) + seqs + 2 * tokens + 2
     }
 
     /// The device copy `buf` (laid out at `offsets`), with its host-side summary.
@@ -221,25 +214,35 @@ impl BatchMeta {
 
     /// Copies the metadata to the device in one transfer.
     pub fn upload(&self, gpu: &Gpu) -> Result<DeviceMeta> {
-        self.check_partition()?;
-        let (packed, offsets) = self.packed();
-        Ok(self.summary(gpu.upload(&packed)?, offsets))
+        self.upload_with_stride_capacity(gpu, self.max_blocks)
     }
 
-    /// Overwrites `dev` (a buffer of the same layout: sequences, tokens,
-    /// table stride) with this metadata in place, so that kernels captured
-    /// with `dev`'s addresses read this step.
+    /// `upload`, into a buffer with room for block tables of up to
+    /// `max_stride` entries per sequence (for `upload_into`).
+    pub fn upload_with_stride_capacity(&self, gpu: &Gpu, max_stride: usize) -> Result<DeviceMeta> {
+        self.check_partition()?;
+        let (packed, offsets) = self.packed();
+        let capacity = Self::fixed_len(self.num_seqs(), self.num_tokens()) + self.num_seqs() * max_stride.max(self.max_blocks);
+        let mut buf = gpu.zeros::<i32>(capacity)?;
+        gpu.upload_into(&packed, &mut buf.slice_mut(..packed.len()))?;
+        Ok(self.summary(buf, offsets))
+    }
+
+    /// Overwrites `dev` (a buffer of as many sequences and tokens, with
+    /// room for this step's block tables) with this metadata in place, so
+    /// that kernels captured with `dev`'s addresses read this step.
     pub fn upload_into(&self, gpu: &Gpu, dev: &mut DeviceMeta) -> Result<()> {
         self.check_partition()?;
-        let layout = (self.num_seqs(), self.num_tokens(), self.max_blocks);
-        ensure(layout == (dev.num_seqs, dev.num_tokens, dev.max_blocks), || {
+        let (packed, offsets) = self.packed();
+        let (layout, room) = ((self.num_seqs(), self.num_tokens()), dev.buf.len());
+        ensure(layout == (dev.num_seqs, dev.num_tokens) && packed.len() <= room, || {
             format!(
-                "metadata of (sequences, tokens, table stride) {layout:?} into a buffer laid out for {:?}",
-                (dev.num_seqs, dev.num_tokens, dev.max_blocks)
+                "metadata of (sequences, tokens) {layout:?}, {} values, into a buffer laid out for {:?} with room for {room}",
+                packed.len(),
+                (dev.num_seqs, dev.num_tokens)
             )
         })?;
-        let (packed, offsets) = self.packed();
-        gpu.upload_into(&packed, &mut dev.buf)?;
+        gpu.upload_into(&packed, &mut dev.buf.slice_mut(..packed.len()))?;
         let buf = std::mem::replace(&mut dev.buf, gpu.stream.null()?);
         *dev = self.summary(buf, offsets);
         Ok(())
@@ -278,15 +281,16 @@ pub struct DeviceMeta {
     pub decode_grid_parts: Option<usize>,
 }
 
-/// Device addresses of the five metadata arrays and the fixed partition.
+/// Device addresses of the metadata arrays.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct MetaPtrs {
     pub cu_q: u64,
     pub ctx_len: u64,
-    pub block_tables: u64,
     pub positions: u64,
     pub slot_mapping: u64,
-    pub decode_part: u64,
+    /// {partition size, table stride}, read when the partition is fixed.
+    pub fixed: u64,
+    pub block_tables: u64,
 }
 
 impl DeviceMeta {
@@ -296,10 +300,10 @@ impl DeviceMeta {
         MetaPtrs {
             cu_q: at(0),
             ctx_len: at(1),
-            block_tables: at(2),
-            positions: at(3),
-            slot_mapping: at(4),
-            decode_part: at(5),
+            positions: at(2),
+            slot_mapping: at(3),
+            fixed: at(4),
+            block_tables: at(5),
         }
     }
 }
@@ -320,14 +324,6 @@ mod tests {
         assert_eq!(meta.positions, vec![2, 3, 4, 4]);
         assert_eq!(meta.slot_mapping, vec![9 * 4 + 2, 9 * 4 + 3, 2 * 4, 7 * 4]);
         assert_eq!((meta.max_new_tokens(), meta.max_keys(), meta.max_block_id()), (3, 5, 9));
-    }
-
-    #[test]
-    fn a_wider_table_stride_keeps_every_row() {
-        let meta = BatchMeta::from_counts(4, &[(3, 2), (1, 4)], &[9, 2, 5, 7]).unwrap().with_table_stride(3).unwrap();
-        assert_eq!(meta.block_tables, vec![9, 2, 0, 5, 7, 0]);
-        assert_eq!(meta.max_block_id(), 9);
-        assert!(meta.with_table_stride(2).is_err());
     }
 
     #[test]

@@ -9,7 +9,7 @@ use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use servetwin_kernels::cudarc::driver::CudaSlice;
-use servetwin_kernels::{reference, AttnShape, BatchMeta, Gpu, RopeTable, SeqSpec};
+use servetwin_kernels::{reference, AttnShape, BatchMeta, DeviceMeta, Gpu, RopeTable, SeqSpec};
 
 fn gpu() -> Option<&'static Gpu> {
     static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
@@ -215,19 +215,24 @@ enum Attn {
 
 /// Random q (the qkv buffer) and caches for `b`, the GPU's output of
 /// `run`, and the reference.
-fn attention_case(
+fn attention_case(g: &Gpu, r: &mut ChaCha8Rng, b: &Batch, shape: &AttnShape, which: Attn) -> (Vec<f32>, Vec<f32>) {
+    attention_case_in(g, r, b, shape, which, b.meta.upload(g).unwrap())
+}
+
+/// `attention_case` with `b`'s metadata already on the device as `dm`.
+fn attention_case_in(
     g: &Gpu,
     r: &mut ChaCha8Rng,
     b: &Batch,
     shape: &AttnShape,
     which: Attn,
+    dm: DeviceMeta,
 ) -> (Vec<f32>, Vec<f32>) {
     let t = b.meta.num_tokens();
     let qkv = rand_bf16(r, t * shape.qkv_width(), 2.0);
     let cache_len = shape.cache_len(b.num_blocks, b.meta.block_size);
     let kc = rand_bf16(r, cache_len, 2.0);
     let vc = rand_bf16(r, cache_len, 1.0);
-    let dm = b.meta.upload(g).unwrap();
     let (dq, dk, dv) = (g.upload(&qkv).unwrap(), g.upload(&kc).unwrap(), g.upload(&vc).unwrap());
     let mut out = nan_bf16(g, t * shape.out_width());
     match which {
@@ -306,6 +311,33 @@ fn decode_attention_reads_a_partition_fixed_in_the_metadata() {
             assert_close(&format!("decode {shape:?} fixed partition {keys} × {parts}"), &got, &want, ATTN_ABS_TOL, 0.0);
         }
     }
+}
+
+/// A graph's metadata buffer rewritten in place by a step with longer
+/// block tables (a larger stride, read from the buffer with the partition).
+#[test]
+fn decode_attention_reads_a_buffer_rewritten_with_a_wider_stride() {
+    let Some(g) = gpu() else { return };
+    for (i, shape) in SHAPES.iter().enumerate() {
+        let mut r = rng(9000 + i as u64);
+        let mut first = batch(&mut r, 16, &[(1, 5), (1, 20), (1, 3), (1, 40)]);
+        let mut then = batch(&mut r, 16, &[(1, 700), (1, 1500), (1, 31), (1, 2047)]);
+        first.meta.decode_partition = Some((64, 32));
+        then.meta.decode_partition = Some((64, 32));
+        let mut dm = first.meta.upload_with_stride_capacity(g, 128).unwrap();
+        then.meta.upload_into(g, &mut dm).unwrap();
+        assert_eq!(dm.max_blocks, 128);
+        let (got, want) = attention_case_in(g, &mut r, &then, shape, Attn::DecodeParts(32), dm);
+        assert_close(&format!("decode {shape:?} rewritten buffer"), &got, &want, ATTN_ABS_TOL, 0.0);
+    }
+    // A buffer too small for the tables, or of other counts, is refused.
+    let mut r = rng(9100);
+    let small = batch(&mut r, 16, &[(1, 5), (1, 20)]);
+    let long = batch(&mut r, 16, &[(1, 500), (1, 20)]);
+    let mut dm = small.meta.upload(g).unwrap();
+    assert!(long.meta.upload_into(g, &mut dm).is_err());
+    let three = batch(&mut r, 16, &[(1, 5), (1, 20), (1, 1)]);
+    assert!(three.meta.upload_into(g, &mut dm).is_err());
 }
 
 #[test]

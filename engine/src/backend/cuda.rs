@@ -319,6 +319,11 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    /// One step per CUDA graph a uniform decode batch can need.
+    fn warm_steps(&self, max_seqs: usize) -> Vec<(usize, u32)> {
+        self.graphs.as_ref().map_or_else(Vec::new, |g| g.lock().expect("graphs lock").warm_shapes(max_seqs, self.gpu.num_sms()))
+    }
+
     fn linear(&self, x: &GpuTensor, w: &GpuTensor) -> Result<GpuTensor> {
         let mut y = self.alloc(x.rows * w.rows)?;
         // No rows: a step of prefill chunks none of which samples yet has no

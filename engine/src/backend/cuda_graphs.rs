@@ -9,18 +9,21 @@
 //!   sizes: 1, 2, 4, then every multiple of 8); padding sequences decode
 //!   one token at position 0 into a scratch KV block that the scheduler
 //!   never hands out, and their rows are never sampled.
-//! - Its metadata is laid out with a block-table stride rounded up to a
-//!   power of two, and its decode-attention partition fixed on the host and
-//!   read by the kernel from the metadata (its grid rounded up to a power
-//!   of two parts), so that the launches of one (bucket, stride, parts) key
-//!   are identical from step to step.
-//! - Each (bucket, stride) keeps one set of input buffers for good; a step
-//!   rewrites them in place, then replays the key's graph, which writes the
-//!   final hidden states into one shared output buffer. The LM head and the
-//!   sampling run after it, outside the graph, on the sequences that
-//!   sample.
+//! - Its decode-attention partition is fixed on the host and read by the
+//!   kernel from the metadata, with the block tables' stride (the grid
+//!   rounded up to a power of two parts), so that the launches of one
+//!   (bucket, parts) key are identical from step to step.
+//! - Each bucket keeps one set of input buffers for good, with room for
+//!   tables as long as the longest sequence's; a step rewrites them in
+//!   place, then replays the key's graph, which writes the final hidden
+//!   states into one shared output buffer. The LM head and the sampling
+//!   run after it, outside the graph, on the sequences that sample.
 //! - A key's first step runs eagerly (it warms the GEMM plans and sizes the
 //!   attention workspace outside the capture), then captures its graph.
+//!   `warm_shapes` lists decode steps that reach every key a uniform batch
+//!   can, so that the engine captures them before its first request, as
+//!   vLLM captures its graphs at start-up; other keys (a batch with one much
+//!   longer sequence) are captured when first met.
 //! - A capture that fails turns graphs off for the backend, with a warning:
 //!   the step's eager result stands and later steps run eagerly.
 
@@ -48,11 +51,10 @@ pub fn bucket(seqs: usize) -> Option<usize> {
     }
 }
 
-/// Padded sequences, block-table stride, decode-attention grid parts.
+/// Padded sequences, decode-attention grid parts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Key {
     seqs: usize,
-    stride: usize,
     parts: usize,
 }
 
@@ -85,7 +87,7 @@ struct Bucket {
 pub struct Graphs {
     pool: Option<Pool>,
     max_positions: Option<u32>,
-    buckets: HashMap<(usize, usize), Bucket>,
+    buckets: HashMap<usize, Bucket>,
     /// Every graph's final hidden states, [MAX_GRAPH_SEQS, hidden].
     hidden: Option<GpuTensor>,
     /// Graphs captured so far (for reports and tests).
@@ -119,19 +121,44 @@ impl Graphs {
         let scratch = [pool.num_blocks];
         let mut specs: Vec<SeqSpec> = (0..s).map(|i| SeqSpec { new_tokens: 1, context_tokens: b.ctx_len[i], block_table: b.table(i) }).collect();
         specs.resize(seqs, SeqSpec { new_tokens: 1, context_tokens: 0, block_table: &scratch });
-        let longest_table = b.max_blocks.max(1) as usize;
-        let stride = longest_table.next_power_of_two().min((max_pos.div_ceil(pool.block_size) as usize).max(longest_table));
         // The real sequences' partition: the padding's single keys are not
         // part of the mean the launcher would size it by.
         let keys: Vec<usize> = b.ctx_len.iter().map(|&c| c as usize + 1).collect();
         let longest = keys.iter().copied().max().unwrap_or(1);
         let (part, parts) = decode_partition(keys.iter().sum(), longest, s, pool.kv_heads as usize, num_sms);
         let parts = parts.next_power_of_two();
-        let mut host = KMeta::new(pool.block_size as usize, &specs)?.with_table_stride(stride)?;
+        let mut host = KMeta::new(pool.block_size as usize, &specs)?;
+        if host.max_blocks > max_pos.div_ceil(pool.block_size) as usize {
+            // Longer tables than any sequence needs: not a scheduler's batch.
+            return Ok(None);
+        }
         host.decode_partition = Some((part as u32, parts as u32));
         let mut ids: Vec<i32> = b.token_ids.iter().map(|&t| t as i32).collect();
         ids.resize(seqs, 0);
-        Ok(Some(GraphStep { key: Key { seqs, stride, parts }, host, ids, rows }))
+        Ok(Some(GraphStep { key: Key { seqs, parts }, host, ids, rows }))
+    }
+
+    /// Decode steps, as (sequences, context of each), whose keys are all
+    /// those that batches of up to `max_seqs` sequences of one context
+    /// reach, one step per key (`num_sms`: the device's).
+    pub fn warm_shapes(&self, max_seqs: usize, num_sms: u32) -> Vec<(usize, u32)> {
+        let (Some(pool), Some(max_pos)) = (self.pool, self.max_positions) else { return Vec::new() };
+        // Contexts the pool can hold for one sequence; every 32 keys (the
+        // partition's granularity) up to it.
+        let most = max_pos.min(pool.num_blocks.saturating_mul(pool.block_size)).saturating_sub(1);
+        let mut seen = std::collections::HashSet::new();
+        let mut shapes = Vec::new();
+        for s in 1..=max_seqs.min(MAX_GRAPH_SEQS) {
+            let Some(seqs) = bucket(s) else { continue };
+            for ctx in (0..=most).step_by(32) {
+                let keys = ctx as usize + 1;
+                let (_, parts) = decode_partition(s * keys, keys, s, pool.kv_heads as usize, num_sms);
+                if seen.insert(Key { seqs, parts: parts.next_power_of_two() }) {
+                    shapes.push((s, ctx));
+                }
+            }
+        }
+        shapes
     }
 
     /// Runs `step`: rewrites its bucket's inputs, then replays its graph
@@ -145,7 +172,9 @@ impl Graphs {
         head: &mut dyn FnMut(&GpuMeta, &GpuTensor) -> Result<R>,
     ) -> Result<R> {
         let key = step.key;
-        let bucket = match self.buckets.entry((key.seqs, key.stride)) {
+        let pool = self.pool.expect("a graphed step has a pool");
+        let max_stride = self.max_positions.expect("a graphed step has positions").div_ceil(pool.block_size) as usize;
+        let bucket = match self.buckets.entry(key.seqs) {
             std::collections::hash_map::Entry::Occupied(e) => {
                 let b = e.into_mut();
                 let GpuMeta::Eager(inputs) = &mut b.meta else { unreachable!("buckets hold eager metadata") };
@@ -155,7 +184,8 @@ impl Graphs {
             }
             std::collections::hash_map::Entry::Vacant(e) => {
                 let all: Vec<i32> = (0..key.seqs as i32).collect();
-                let inputs = StepInputs { dev: step.host.upload(gpu)?, split: None, ids: gpu.upload(&step.ids)?, rows: gpu.upload(&all)?, num_rows: 0 };
+                let dev = step.host.upload_with_stride_capacity(gpu, max_stride)?;
+                let inputs = StepInputs { dev, split: None, ids: gpu.upload(&step.ids)?, rows: gpu.upload(&all)?, num_rows: 0 };
                 e.insert(Bucket { meta: GpuMeta::Eager(Box::new(inputs)), graphs: HashMap::new() })
             }
         };
@@ -237,9 +267,8 @@ mod tests {
         assert_eq!(h.positions, [5, 40, 17, 0]);
         // The padding writes position 0 of block 100, past the pool's 100.
         assert_eq!(h.slot_mapping[3], 100 * 16);
-        // Tables of 1, 3 and 2 blocks, laid out 4 apart.
-        assert_eq!(step.key.stride, 4);
-        assert_eq!(h.block_tables, [0, 0, 0, 0, 1, 2, 3, 0, 4, 5, 0, 0, 100, 0, 0, 0]);
+        // Tables of 1, 3, 2 and 1 blocks, laid out 3 apart.
+        assert_eq!(h.block_tables, [0, 0, 0, 1, 2, 3, 4, 5, 0, 100, 0, 0]);
         assert_eq!(step.ids, [7, 8, 9, 0]);
         assert_eq!(step.rows, 3);
         // The real sequences' partition (the padding's single key is not in
@@ -260,6 +289,24 @@ mod tests {
         // A much longer context needs more parts: another graph.
         let c = g.plan(132, &decodes(&[900, 10, 10, 10])).unwrap().unwrap();
         assert!(c.key.parts > 1, "{:?}", c.key);
+    }
+
+    #[test]
+    fn the_warm_up_reaches_every_key_of_uniform_batches() {
+        let g = graphs();
+        let shapes = g.warm_shapes(20, 132);
+        let mut keys = std::collections::HashSet::new();
+        for &(s, ctx) in &shapes {
+            assert!(keys.insert(g.plan(132, &decodes(&vec![ctx; s])).unwrap().unwrap().key), "one step per key");
+        }
+        // Buckets 1, 2, 4, 8, 16, 24; several partitions for the small ones.
+        assert!(shapes.len() > 6 && shapes.len() < 60, "{shapes:?}");
+        for s in 1..=20 {
+            for ctx in 0..1024 {
+                let key = g.plan(132, &decodes(&vec![ctx; s])).unwrap().unwrap().key;
+                assert!(keys.contains(&key), "{s} sequences of {ctx}: {key:?} not warmed");
+            }
+        }
     }
 
     #[test]

@@ -190,6 +190,12 @@ pub trait Backend {
     fn warm_linear(&self, _w: &Self::Weight, _max_rows: usize) -> Result<()> {
         Ok(())
     }
+    /// Decode steps (sequences, context of each) to run once before the
+    /// first request, so that what they prepare (the CUDA backend's graphs)
+    /// is not prepared during a measured step; up to `max_seqs` sequences.
+    fn warm_steps(&self, _max_seqs: usize) -> Vec<(usize, u32)> {
+        Vec::new()
+    }
     /// x · wᵀ.
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor>;
     /// From fused [q | k | v] rows: rotates q and k by their positions,
