@@ -101,15 +101,19 @@ fn kv_block_bytes(loaded: &Loaded, elem_bytes: u64, shard: Shard) -> u64 {
 
 /// Bytes of activations a step may hold at once, kept free beside the KV
 /// pool: a layer's live buffers for `max_num_batched_tokens` tokens, the
-/// logits of `max_num_seqs` rows, and 1 GiB for GEMM workspaces, attention
-/// partials and the allocator's slack (an estimate, generous on purpose:
-/// running out of memory is a bug, not an outcome).
+/// logits of `max_num_seqs` rows, the same buffers again for a decode
+/// step of `max_num_seqs` rows (CUDA graphs allocate from a pool of their
+/// own) with the graphs' output rows, and 1 GiB for GEMM workspaces,
+/// attention partials and the allocator's slack (an estimate, generous on
+/// purpose: running out of memory is a bug, not an outcome).
 pub fn activation_reserve_bytes(loaded: &Loaded, elem_bytes: u64) -> u64 {
     let m = &loaded.model;
     let sch = &loaded.scenario.scheduler;
     let per_token = 6 * m.hidden_size as u64 + m.q_dim() + 2 * m.kv_dim() + m.q_dim() + 3 * m.intermediate_size as u64;
     let logits = sch.max_num_seqs as u64 * m.vocab_size as u64;
-    (sch.max_num_batched_tokens as u64 * per_token + 2 * logits) * elem_bytes + (1 << 30)
+    let most = crate::backend::MAX_GRAPH_SEQS as u64;
+    let graphs = (sch.max_num_seqs as u64).min(most) * per_token + most * m.hidden_size as u64;
+    (sch.max_num_batched_tokens as u64 * per_token + 2 * logits + graphs) * elem_bytes + (1 << 30)
 }
 
 /// KV blocks that fit the memory `gpu_memory_utilization` leaves on rank

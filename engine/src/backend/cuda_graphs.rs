@@ -33,12 +33,8 @@ use half::bf16;
 use servetwin_kernels::{decode_partition, BatchMeta as KMeta, Graph, Gpu, SeqSpec};
 
 use super::cuda::{GpuMeta, GpuTensor, StepInputs};
-use super::BatchMeta;
+use super::{BatchMeta, MAX_GRAPH_SEQS};
 use crate::{EngineError, Result};
-
-/// The most sequences a graphed step has; larger decode steps run eagerly
-/// (their launches are a small part of their time).
-pub const MAX_GRAPH_SEQS: usize = 512;
 
 /// The bucket a decode step of `seqs` sequences is padded to.
 pub fn bucket(seqs: usize) -> Option<usize> {

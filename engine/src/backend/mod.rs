@@ -17,6 +17,10 @@ pub mod cuda_graphs;
 
 use crate::Result;
 
+/// The most sequences a decode step replayed from a CUDA graph has; larger
+/// decode steps run eagerly (their launches are a small part of their time).
+pub const MAX_GRAPH_SEQS: usize = 512;
+
 /// One step's ragged batch as the model sees it, built on the host from the
 /// scheduler's plan: S sequences with T new tokens in all.
 #[derive(Debug, Clone, Default, PartialEq)]
