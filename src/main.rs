@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use servetwin_sim::cost::CostExecutor;
 use servetwin_sim::des::Simulation;
 use servetwin_sim::metrics::Summary;
@@ -28,24 +28,32 @@ struct Cli {
     command: Command,
 }
 
+/// What `simulate` and `engine run` share: the scenario, its overrides,
+/// where the run directory goes.
+#[derive(Args)]
+struct RunArgs {
+    /// Scenario TOML file.
+    scenario: PathBuf,
+    /// Override any scenario key, typed as in the schema: --set workload.rate_per_s=20
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Run directory (default: runs/<scenario>/<run-id>/).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seed for every random draw (overrides the scenario's `seed`).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Print nothing but errors.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Simulate a scenario: prints a summary, writes a run directory.
     Simulate {
-        /// Scenario TOML file.
-        scenario: PathBuf,
-        /// Override any scenario key, typed as in the schema: --set workload.rate_per_s=20
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Run directory (default: runs/<scenario>/<run-id>/).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Seed for every random draw (overrides the scenario's `seed`).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Print nothing but errors.
-        #[arg(long, short)]
-        quiet: bool,
+        #[command(flatten)]
+        run: RunArgs,
         /// Take each step's duration from a run's steps.csv (an engine run of
         /// this scenario) instead of the cost model: the scheduling then
         /// retraces that run's, decision for decision.
@@ -174,25 +182,13 @@ enum EngineCommand {
     /// Execute a scenario on the engine: writes the same run directory as
     /// `simulate`, with measured step times (plus tokens.jsonl).
     Run {
-        /// Scenario TOML file.
-        scenario: PathBuf,
+        #[command(flatten)]
+        run: RunArgs,
         #[arg(long, value_enum, default_value_t = engine::BackendKind::Cpu)]
         backend: engine::BackendKind,
         /// realtime: release requests at their arrival times; offline: all at once.
         #[arg(long, value_enum, default_value_t = engine::ModeArg::Realtime)]
         mode: engine::ModeArg,
-        /// Override any scenario key: --set workload.num_requests=50
-        #[arg(long = "set", value_name = "KEY=VALUE")]
-        set: Vec<String>,
-        /// Run directory (default: runs/<scenario>/<run-id>/).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Seed for every random draw (overrides the scenario's `seed`).
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Print nothing but errors.
-        #[arg(long, short)]
-        quiet: bool,
     },
     /// Time prefill and decode steps of a model on a backend, each beside
     /// its floor (bytes over measured copy bandwidth, FLOPs over measured
@@ -281,7 +277,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Simulate { scenario, set, out, seed, quiet, replay, report } => {
+        Command::Simulate { run: RunArgs { scenario, set, out, seed, quiet }, replay, report } => {
             let loaded = scenario::load(&scenario, &set, seed)?;
             let dir = out.unwrap_or_else(|| default_run_dir(&loaded.name));
             let summary = match replay {
@@ -342,7 +338,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Compare { sim_run, engine_run } => compare::compare(&sim_run, &engine_run),
         Command::Validate { dir, profile, check, json } => compare::validate(&dir, profile.as_deref(), check, json),
-        Command::Engine(EngineCommand::Run { scenario, backend, mode, mut set, out, seed, quiet }) => {
+        Command::Engine(EngineCommand::Run { run: RunArgs { scenario, mut set, out, seed, quiet }, backend, mode }) => {
             set.extend(mode.mode().overrides());
             let mut loaded = scenario::load(&scenario, &set, seed)?;
             let dir = out.unwrap_or_else(|| default_run_dir(&loaded.name));
