@@ -214,7 +214,9 @@ impl BatchMeta {
 
     /// Copies the metadata to the device in one transfer.
     pub fn upload(&self, gpu: &Gpu) -> Result<DeviceMeta> {
-        self.upload_with_stride_capacity(gpu, self.max_blocks)
+        self.check_partition()?;
+        let (packed, offsets) = self.packed();
+        Ok(self.summary(gpu.upload(&packed)?, offsets))
     }
 
     /// `upload`, into a buffer with room for block tables of up to
