@@ -52,7 +52,7 @@ impl Grid {
     }
 
     /// A few minutes on one GPU for an 8B model: chunks up to 8192 tokens
-    /// over up to 8192 of context; decode batches up to 256 over up to
+    /// over up to 8192 of context; decode batches up to 256 over 64 to
     /// 384k tokens of KV (shapes that do not fit the KV pool or the model's
     /// length are skipped and reported).
     pub fn gpu() -> Self {
@@ -61,7 +61,10 @@ impl Grid {
             prefill_tokens: vec![1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
             prefill_context_tokens: vec![0, 512, 2048, 4096, 8192],
             decode_seqs: vec![1, 2, 4, 8, 16, 32, 64, 128, 192, 256],
-            decode_context_tokens: vec![256, 1024, 4096, 16_384, 65_536, 131_072, 262_144, 393_216],
+            // From 64: an idle chat's single decodes sit at 80–250 tokens of
+            // context, below a grid that began at 256 (a quarter of the H100
+            // chat-idle run's steps fell back to the roofline).
+            decode_context_tokens: vec![64, 256, 1024, 4096, 16_384, 65_536, 131_072, 262_144, 393_216],
             mixed: vec![
                 (512, 0, 16, 16 * 1024),
                 (512, 2048, 64, 64 * 1024),
