@@ -72,6 +72,10 @@ impl Grid {
                 (2048, 4096, 128, 128 * 1024),
                 (128, 0, 128, 128 * 2048),
                 (1024, 1024, 256, 256 * 512),
+                // Sarathi-Serve's small budgets: a 512-token step of a chunk
+                // and the decodes of a 32- or 64-sequence batch.
+                (480, 0, 32, 32 * 256),
+                (448, 1024, 64, 64 * 512),
             ],
             warmup: 3,
             repeats: 10,
