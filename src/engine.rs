@@ -188,12 +188,17 @@ fn bench_on(mut runner: Box<dyn Runner>, loaded: &Loaded, quick: bool, out: &Pat
     if skipped > 0 {
         println!("{skipped} shapes skipped: their KV does not fit {blocks} blocks");
     }
+    let graphs_captured = runner.graphs_captured()?;
+    if graphs {
+        println!("{graphs_captured} CUDA graphs captured");
+    }
     let json = serde_json::json!({
         "model": loaded.model.name,
         "backend": info.backend,
         "device": device,
         "tp": info.tp,
         "cuda_graphs": graphs,
+        "graphs_captured": graphs_captured,
         "kv_blocks": blocks,
         "block_size": block_size,
         "commit": std::env::var("SERVETWIN_COMMIT").unwrap_or_else(|_| "unknown".into()),
@@ -227,6 +232,7 @@ fn run_on(
     }
     let clock = WallClock::default();
     let mut executor = Some(driver::executor(runner, loaded, clock.clone())?);
+    let warm_graphs = executor.as_mut().expect("just made").runner.graphs_captured()?;
     let mut sim = Simulation::new(loaded, |_| executor.take().expect("the engine runs one replica"))?;
     let pace = {
         let clock = clock.clone();
@@ -241,5 +247,11 @@ fn run_on(
         Ok(())
     })?;
     sim.executors_mut()[0].flush().context("writing tokens.jsonl")?;
+    let graphs = sim.executors_mut()[0].runner.graphs_captured()?;
+    if !quiet && graphs > 0 {
+        // A graph captured during the run costs its step an eager pass and
+        // a capture: few should be.
+        println!("CUDA graphs: {warm_graphs} captured at start-up, {} during the run", graphs - warm_graphs);
+    }
     Ok(summary)
 }

@@ -52,6 +52,8 @@ pub trait Runner {
     /// Runs one step's batch to completion; one token per `params`, drawn
     /// from the sampled rows' logits (none when `params` is empty).
     fn run(&mut self, batch: &BatchMeta, params: &[SampleParams]) -> Result<Vec<u32>>;
+    /// CUDA graphs (rank 0's) captured so far.
+    fn graphs_captured(&mut self) -> Result<usize>;
 }
 
 impl<R: Runner + ?Sized> Runner for Box<R> {
@@ -66,6 +68,9 @@ impl<R: Runner + ?Sized> Runner for Box<R> {
     }
     fn run(&mut self, batch: &BatchMeta, params: &[SampleParams]) -> Result<Vec<u32>> {
         (**self).run(batch, params)
+    }
+    fn graphs_captured(&mut self) -> Result<usize> {
+        (**self).graphs_captured()
     }
 }
 
@@ -144,12 +149,17 @@ impl<B: Backend> Runner for Local<B> {
         b.synchronize()?;
         Ok(ids)
     }
+
+    fn graphs_captured(&mut self) -> Result<usize> {
+        Ok(self.backend.graphs_captured())
+    }
 }
 
 enum Command {
     Allocate { blocks: u32, block_size: u32, warm: Option<(usize, usize)> },
     Ceilings,
     Run(Arc<(BatchMeta, Vec<SampleParams>)>),
+    Graphs,
 }
 
 enum Reply {
@@ -157,6 +167,7 @@ enum Reply {
     Done,
     Ceilings(Option<Ceilings>),
     Ids(Vec<u32>),
+    Graphs(usize),
 }
 
 /// N ranks on N threads.
@@ -269,6 +280,7 @@ fn rank_main<B: Backend>(
             Command::Allocate { blocks, block_size, warm } => local.allocate(blocks, block_size, warm).map(|()| Reply::Done),
             Command::Ceilings => local.ceilings().map(Reply::Ceilings),
             Command::Run(job) => local.run(&job.0, &job.1).map(Reply::Ids),
+            Command::Graphs => local.graphs_captured().map(Reply::Graphs),
         };
         let failed = r.is_err();
         if failed {
@@ -301,6 +313,13 @@ impl Runner for TpGroup {
         match self.broadcast(|| Command::Run(job.clone()))?.into_iter().next() {
             Some(Reply::Ids(ids)) => Ok(ids),
             _ => Err(EngineError::Backend("rank 0 did not report its tokens".into())),
+        }
+    }
+
+    fn graphs_captured(&mut self) -> Result<usize> {
+        match self.broadcast(|| Command::Graphs)?.into_iter().next() {
+            Some(Reply::Graphs(n)) => Ok(n),
+            _ => Err(EngineError::Backend("rank 0 did not report its graphs".into())),
         }
     }
 }

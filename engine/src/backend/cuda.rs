@@ -54,10 +54,6 @@ impl CudaBackend {
         self
     }
 
-    /// CUDA graphs captured so far.
-    pub fn graphs_captured(&self) -> usize {
-        self.graphs.as_ref().map_or(0, |g| g.lock().expect("graphs lock").captured)
-    }
 
     /// Rank `rank` of a `size`-GPU group on GPU `rank`, joined through the
     /// NCCL id that every rank shares (blocks until all have joined).
@@ -317,6 +313,10 @@ impl Backend for CudaBackend {
     fn warm_linear(&self, w: &GpuTensor, max_rows: usize) -> Result<()> {
         self.gpu.warm_gemm(&w.buf, w.cols, w.rows, max_rows).map_err(err)?;
         Ok(())
+    }
+
+    fn graphs_captured(&self) -> usize {
+        self.graphs.as_ref().map_or(0, |g| g.lock().expect("graphs lock").captured)
     }
 
     /// One step per CUDA graph a uniform decode batch can need.

@@ -200,6 +200,10 @@ pub trait Backend {
     fn warm_steps(&self, _max_seqs: usize) -> Vec<(usize, u32)> {
         Vec::new()
     }
+    /// CUDA graphs captured so far (none where the backend has none).
+    fn graphs_captured(&self) -> usize {
+        0
+    }
     /// x · wᵀ.
     fn linear(&self, x: &Self::Tensor, w: &Self::Weight) -> Result<Self::Tensor>;
     /// From fused [q | k | v] rows: rotates q and k by their positions,
