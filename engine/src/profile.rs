@@ -177,6 +177,12 @@ pub fn profile<R: Runner>(
         ],
         ..Default::default()
     };
+    if info.backend == "cuda" {
+        // Decode steps replayed from CUDA graphs or launched one kernel at a
+        // time: a profile of one does not describe the other.
+        let graphs = s.engine.as_ref().is_none_or(|e| e.cuda_graphs);
+        out.meta.push(("cuda_graphs".into(), graphs.to_string()));
+    }
     out.meta.extend(meta);
     let runs = grid.warmup + grid.repeats.max(1);
     let mut next_id = 0u64;
