@@ -294,6 +294,19 @@ impl Profile {
         Err(ProfileError { path: self.path.clone(), line: None, msg })
     }
 
+    /// Checks that the profile's decode steps ran as the scenario's engine
+    /// runs them: replayed from CUDA graphs or not (`engine.cuda_graphs`;
+    /// a profile without the `cuda_graphs` line predates the choice).
+    pub fn check_graphs(&self, on: bool) -> Result<(), ProfileError> {
+        match self.meta("cuda_graphs").map(|v| v == "true") {
+            Some(got) if got != on => {
+                let msg = format!("a profile measured with engine.cuda_graphs = {on}, as the scenario has, got one measured with {got} (engine profile --set engine.cuda_graphs={on})");
+                Err(ProfileError { path: self.path.clone(), line: None, msg })
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Its `tp` metadata, 1 where absent or unreadable.
     pub fn tp(&self) -> u32 {
         self.meta("tp").and_then(|t| t.parse().ok()).unwrap_or(1)
@@ -515,6 +528,7 @@ impl crate::scenario::Loaded {
         match (&c.kind, &c.profile) {
             (crate::cost::CostKind::Profiled, Some(path)) => {
                 let profile = Profile::read(path)?;
+                profile.check_graphs(self.scenario.engine.as_ref().is_none_or(|e| e.cuda_graphs))?;
                 let tp = self.scenario.parallelism.tp;
                 Ok(ScenarioCost::Profiled(ProfiledCost::new(&profile, &self.model, &self.gpu, c, tp)?))
             }
@@ -609,6 +623,13 @@ mod tests {
         let e = e.to_string();
         assert!(e.contains("parallelism.tp = 1") && e.contains("tp = 2"), "{e}");
         let cost = ProfiledCost::new(&p, &m, &g, &base, 2).unwrap();
+        // Graphed and eager decode steps: a profile of one does not serve
+        // the other; one from before the choice serves both.
+        assert!(p.check_graphs(true).is_ok() && p.check_graphs(false).is_ok());
+        p.meta.push(("cuda_graphs".into(), "false".into()));
+        let e = p.check_graphs(true).unwrap_err().to_string();
+        assert!(e.starts_with("tp2.csv: ") && e.contains("engine.cuda_graphs = true") && e.contains("measured with false"), "{e}");
+        assert!(p.check_graphs(false).is_ok());
         // Outside the table the fallback is the group's roofline: its steps
         // pay all-reduces, which one GPU's do not.
         let mut far = BatchShape::default();
