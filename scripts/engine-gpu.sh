@@ -2,12 +2,12 @@
 # The CUDA backend's GPU tests and benchmark (issue 9) on the GPU machine, in
 # one command from the repository root:
 #
-#   cargo build --release --features cuda && scripts/engine-gpu.sh
+#   scripts/gpu-binaries.sh            # here: .gpu/ (CLI + GPU tests)
+#   scripts/engine-gpu.sh              # there, with .gpu/ carried
 #
 # 1. every GPU test executable in TESTS (default .gpu: the cuda-* and gpu-*
-#    test binaries, built here with `cargo test --release --workspace
-#    --all-features --no-run` and copied there; ../shared/device.md), one at
-#    a time → $OUT/tests/<binary>.txt, and a summary line per binary;
+#    test binaries), one at a time → $OUT/tests/<binary>.txt, and a summary
+#    line per binary;
 # 2. `engine bench` of MODEL with CUDA graphs (the default) →
 #    $OUT/<gpu>-<model>.{json,txt}, then with `engine.cuda_graphs = false`
 #    → $OUT/<gpu>-<model>-eager.{json,txt}: the same grid both ways, so the
@@ -18,7 +18,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-BIN=${BIN:-target/release/servetwin}
+# On the GPU machine, what scripts/gpu-binaries.sh put in .gpu/.
+BIN=${BIN:-$([ -x .gpu/servetwin ] && echo .gpu/servetwin || echo target/release/servetwin)}
 TESTS=${TESTS:-.gpu}
 OUT=${OUT:-reports/engine-bench}
 GPU=${GPU:-h100}
@@ -26,7 +27,7 @@ MODEL=${MODEL:-llama-3.1-8b}
 PHASES=${PHASES:-tests bench eager}
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 [ -x "$BIN" ] || { echo "error: $BIN not built (cargo build --release --features cuda)" >&2; exit 2; }
-export SERVETWIN_COMMIT=${SERVETWIN_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+export SERVETWIN_COMMIT=${SERVETWIN_COMMIT:-$(cat .gpu/COMMIT 2>/dev/null || git rev-parse HEAD 2>/dev/null || echo unknown)}
 mkdir -p "$OUT"
 failed=0
 

@@ -44,7 +44,11 @@ SCENARIOS=${SCENARIOS:-scenarios/validation/*.toml}
 
 [ -x "$BIN" ] || { echo "error: $BIN not built (cargo build --release --features cuda)" >&2; exit 2; }
 # A copy of the tree without .git (the GPU machine's) names its commit in
-# SERVETWIN_COMMIT; a checkout is asked.
+# SERVETWIN_COMMIT or .gpu/COMMIT (scripts/gpu-binaries.sh); a checkout is
+# asked.
+if [ -z "${SERVETWIN_COMMIT:-}" ] && [ -f .gpu/COMMIT ]; then
+    export SERVETWIN_COMMIT=$(cat .gpu/COMMIT)
+fi
 if [ -z "${SERVETWIN_COMMIT:-}" ]; then
     if [ -n "$(git status --porcelain --untracked-files=no)" ] && [ "${ALLOW_DIRTY:-0}" != 1 ]; then
         echo "error: uncommitted changes; the runs must come from a stated commit (ALLOW_DIRTY=1 to override)" >&2
