@@ -18,8 +18,10 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
-# On the GPU machine, what scripts/gpu-binaries.sh put in .gpu/.
-BIN=${BIN:-$([ -x .gpu/servetwin ] && echo .gpu/servetwin || echo target/release/servetwin)}
+# In a checkout, its own build; on the GPU machine (a copy of the tree
+# without .git), what scripts/gpu-binaries.sh put in .gpu/.
+if git rev-parse --git-dir >/dev/null 2>&1; then in_git=1; else in_git=0; fi
+BIN=${BIN:-$([ $in_git = 0 ] && [ -x .gpu/servetwin ] && echo .gpu/servetwin || echo target/release/servetwin)}
 TESTS=${TESTS:-.gpu}
 OUT=${OUT:-reports/engine-bench}
 GPU=${GPU:-h100}
@@ -27,7 +29,7 @@ MODEL=${MODEL:-llama-3.1-8b}
 PHASES=${PHASES:-tests bench eager}
 has() { [[ " $PHASES " == *" $1 "* ]]; }
 [ -x "$BIN" ] || { echo "error: $BIN not built (cargo build --release --features cuda)" >&2; exit 2; }
-export SERVETWIN_COMMIT=${SERVETWIN_COMMIT:-$(cat .gpu/COMMIT 2>/dev/null || git rev-parse HEAD 2>/dev/null || echo unknown)}
+export SERVETWIN_COMMIT=${SERVETWIN_COMMIT:-$( ([ $in_git = 1 ] && git rev-parse HEAD) || cat .gpu/COMMIT 2>/dev/null || echo unknown)}
 mkdir -p "$OUT"
 failed=0
 

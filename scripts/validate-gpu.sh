@@ -46,7 +46,7 @@ SCENARIOS=${SCENARIOS:-scenarios/validation/*.toml}
 # A copy of the tree without .git (the GPU machine's) names its commit in
 # SERVETWIN_COMMIT or .gpu/COMMIT (scripts/gpu-binaries.sh); a checkout is
 # asked.
-if [ -z "${SERVETWIN_COMMIT:-}" ] && [ -f .gpu/COMMIT ]; then
+if [ -z "${SERVETWIN_COMMIT:-}" ] && ! git rev-parse --git-dir >/dev/null 2>&1 && [ -f .gpu/COMMIT ]; then
     export SERVETWIN_COMMIT=$(cat .gpu/COMMIT)
 fi
 if [ -z "${SERVETWIN_COMMIT:-}" ]; then
