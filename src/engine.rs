@@ -160,7 +160,7 @@ fn bench_on(mut runner: Box<dyn Runner>, loaded: &Loaded, quick: bool, out: &Pat
     let ceilings = runner.ceilings()?;
     let device = &info.device;
     // Decode steps replay CUDA graphs unless `engine.cuda_graphs = false`.
-    let graphs = info.backend == "cuda" && loaded.scenario.engine.as_ref().is_none_or(|e| e.cuda_graphs);
+    let graphs = info.backend == "cuda" && loaded.scenario.cuda_graphs();
     println!(
         "{} on {device} ({}, tp {}{}), {blocks} KV blocks of {block_size}",
         loaded.model.name,

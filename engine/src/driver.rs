@@ -194,7 +194,7 @@ pub fn start_cuda(loaded: &Loaded) -> Result<Box<dyn Runner>> {
     use crate::backend::cuda::CudaBackend;
     check(loaded)?;
     let tp = loaded.scenario.parallelism.tp;
-    let graphs = loaded.scenario.engine.as_ref().is_none_or(|e| e.cuda_graphs);
+    let graphs = loaded.scenario.cuda_graphs();
     if tp == 1 {
         return Ok(Box::new(Local::load(CudaBackend::new(0)?.with_graphs(graphs), loaded, &weights(loaded)?, Shard::WHOLE)?));
     }

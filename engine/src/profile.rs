@@ -180,7 +180,7 @@ pub fn profile<R: Runner>(
     if info.backend == "cuda" {
         // Decode steps replayed from CUDA graphs or launched one kernel at a
         // time: a profile of one does not describe the other.
-        let graphs = s.engine.as_ref().is_none_or(|e| e.cuda_graphs);
+        let graphs = s.cuda_graphs();
         out.meta.push(("cuda_graphs".into(), graphs.to_string()));
     }
     out.meta.extend(meta);

@@ -66,3 +66,11 @@ impl EngineSpec {
         }
     }
 }
+
+impl crate::scenario::Scenario {
+    /// Whether the engine replays decode steps from CUDA graphs (`[engine]
+    /// cuda_graphs`, on by default and without an `[engine]` section).
+    pub fn cuda_graphs(&self) -> bool {
+        self.engine.as_ref().is_none_or(|e| e.cuda_graphs)
+    }
+}

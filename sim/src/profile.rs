@@ -528,7 +528,7 @@ impl crate::scenario::Loaded {
         match (&c.kind, &c.profile) {
             (crate::cost::CostKind::Profiled, Some(path)) => {
                 let profile = Profile::read(path)?;
-                profile.check_graphs(self.scenario.engine.as_ref().is_none_or(|e| e.cuda_graphs))?;
+                profile.check_graphs(self.scenario.cuda_graphs())?;
                 let tp = self.scenario.parallelism.tp;
                 Ok(ScenarioCost::Profiled(ProfiledCost::new(&profile, &self.model, &self.gpu, c, tp)?))
             }

@@ -73,10 +73,32 @@ struct Pool {
     kv_heads: u32,
 }
 
+impl Pool {
+    /// The longest block table a sequence of up to `max_pos` tokens has.
+    fn max_stride(&self, max_pos: u32) -> usize {
+        max_pos.div_ceil(self.block_size) as usize
+    }
+
+    /// Decode attention's partition for `seqs` sequences of `total_keys`
+    /// keys, the longest `longest`: (keys per part, parts in the graph's
+    /// grid, the launcher's count rounded up to a power of two).
+    fn partition(&self, total_keys: usize, longest: usize, seqs: usize, num_sms: u32) -> (usize, usize) {
+        let (part, parts) = decode_partition(total_keys, longest, seqs, self.kv_heads as usize, num_sms);
+        (part, parts.next_power_of_two())
+    }
+}
+
 struct Bucket {
     /// Always `GpuMeta::Eager`: the buffers the graphs read.
     meta: GpuMeta,
     graphs: HashMap<usize, Graph>,
+}
+
+impl Bucket {
+    fn inputs(&mut self) -> &mut StepInputs {
+        let GpuMeta::Eager(inputs) = &mut self.meta else { unreachable!("buckets hold eager metadata") };
+        inputs
+    }
 }
 
 #[derive(Default)]
@@ -121,10 +143,9 @@ impl Graphs {
         // part of the mean the launcher would size it by.
         let keys: Vec<usize> = b.ctx_len.iter().map(|&c| c as usize + 1).collect();
         let longest = keys.iter().copied().max().unwrap_or(1);
-        let (part, parts) = decode_partition(keys.iter().sum(), longest, s, pool.kv_heads as usize, num_sms);
-        let parts = parts.next_power_of_two();
+        let (part, parts) = pool.partition(keys.iter().sum(), longest, s, num_sms);
         let mut host = KMeta::new(pool.block_size as usize, &specs)?;
-        if host.max_blocks > max_pos.div_ceil(pool.block_size) as usize {
+        if host.max_blocks > pool.max_stride(max_pos) {
             // Longer tables than any sequence needs: not a scheduler's batch.
             return Ok(None);
         }
@@ -148,8 +169,8 @@ impl Graphs {
             let Some(seqs) = bucket(s) else { continue };
             for ctx in (0..=most).step_by(32) {
                 let keys = ctx as usize + 1;
-                let (_, parts) = decode_partition(s * keys, keys, s, pool.kv_heads as usize, num_sms);
-                if seen.insert(Key { seqs, parts: parts.next_power_of_two() }) {
+                let (_, parts) = pool.partition(s * keys, keys, s, num_sms);
+                if seen.insert(Key { seqs, parts }) {
                     shapes.push((s, ctx));
                 }
             }
@@ -169,11 +190,11 @@ impl Graphs {
     ) -> Result<R> {
         let key = step.key;
         let pool = self.pool.expect("a graphed step has a pool");
-        let max_stride = self.max_positions.expect("a graphed step has positions").div_ceil(pool.block_size) as usize;
+        let max_stride = pool.max_stride(self.max_positions.expect("a graphed step has positions"));
         let bucket = match self.buckets.entry(key.seqs) {
             std::collections::hash_map::Entry::Occupied(e) => {
                 let b = e.into_mut();
-                let GpuMeta::Eager(inputs) = &mut b.meta else { unreachable!("buckets hold eager metadata") };
+                let inputs = b.inputs();
                 step.host.upload_into(gpu, &mut inputs.dev)?;
                 gpu.upload_into(&step.ids, &mut inputs.ids)?;
                 b
@@ -185,8 +206,7 @@ impl Graphs {
                 e.insert(Bucket { meta: GpuMeta::Eager(Box::new(inputs)), graphs: HashMap::new() })
             }
         };
-        let GpuMeta::Eager(inputs) = &mut bucket.meta else { unreachable!("buckets hold eager metadata") };
-        inputs.num_rows = step.rows;
+        bucket.inputs().num_rows = step.rows;
         if let Some(graph) = bucket.graphs.get(&key.parts) {
             graph.launch()?;
             let hidden = self.hidden.as_mut().expect("a graph was captured, so its output exists");
