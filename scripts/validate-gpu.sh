@@ -24,7 +24,8 @@
 #
 # Environment: BIN (default target/release/servetwin), BACKEND (cuda),
 # GPU (h100: the reports/validation/ folder), HW (h100-sxm: the catalog GPU),
-# MODEL (llama-3.1-8b), GRID (default); for a dry run of the flow on a CPU:
+# MODEL (llama-3.1-8b), GRID (default), RUN_SET (one --set for every
+# validation run, e.g. 'hardware.gpu="h200"' on an H200); for a dry run of the flow on a CPU:
 # PROFILE_SCENARIO (profile this scenario instead of --model), PROFILE_SET
 # (one --set for it), SCENARIOS (the runs' scenario files), e.g.
 #   BACKEND=cpu GPU=cpu-dry HW=cpu GRID=small ALLOW_DIRTY=1 \
@@ -92,7 +93,7 @@ mkdir -p "$out"
 for s in $SCENARIOS; do
     name=$(basename "$s" .toml)
     echo "== $name"
-    "$BIN" engine run "$s" --backend "$BACKEND" --mode realtime -q --out "$out/$name"
+    "$BIN" engine run "$s" --backend "$BACKEND" --mode realtime -q ${RUN_SET:+--set "$RUN_SET"} --out "$out/$name"
     rm -f "$out/$name/tokens.jsonl"
     gpu_meta > "$out/$name/gpu.txt"
 done
