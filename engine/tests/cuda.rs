@@ -14,9 +14,13 @@ use servetwin_engine::{rope, sampler};
 use servetwin_sim::model::{ModelConfig, ModelSpec, RopeScaling};
 use servetwin_sim::prefix::mix64;
 
+/// GPU 0 without CUDA graphs: the kernel and model tests drive several
+/// models through `forward` on one backend, and graphs bind a backend to
+/// one model's decode steps through `Backend::step` (the graph tests make
+/// their own graphed backend).
 fn gpu() -> Option<CudaBackend> {
     match CudaBackend::new(0) {
-        Ok(g) => Some(g),
+        Ok(g) => Some(g.with_graphs(false)),
         Err(e) => {
             println!("skipped: {e}");
             None
@@ -335,7 +339,9 @@ fn decode_steps_replayed_from_cuda_graphs_match_eager_ones() {
     let (lg, forced) = run_model(&graphed, &m, &w, Shard::WHOLE, &prompts, 24, 40, Some(&te));
     assert_eq!(forced, te);
     let captured = graphed.graphs_captured();
-    assert!(captured >= 8, "{captured} graphs captured");
+    // Buckets 16, 8, 4 and 2 recur (a key is captured at its second step;
+    // 4 on the H200 at 0b9b423).
+    assert!(captured >= 4, "{captured} graphs captured");
     // Same kernels and partitions; only the GEMMs' row counts differ (the
     // padded bucket), which may change cuBLAS's algorithm and so the bf16
     // rounding of a sum.
@@ -373,6 +379,23 @@ fn the_runner_warms_up_graphs_and_graphed_steps_give_eager_tokens() {
         assert_eq!(warm > 0, graphs, "{warm} graphs after the warm-up");
         let mut tokens = Vec::new();
         for (i, n) in [1usize, 3, 5, 8, 13, 16, 2].into_iter().enumerate() {
+            // First each sequence's context is written by a prefill (eager in
+            // both runs): the warm-up's capture steps wrote blocks 0, 1, …
+            // (never read in serving, where a sequence's KV is written before
+            // it is read), so reading unwritten positions would compare the
+            // warm-up's leftovers with zeros.
+            let ctx = |s: usize| ((s * 37 + i * 11) % 90) as u32;
+            let mut p = BatchMeta::default();
+            p.clear(16);
+            for s in (0..n).filter(|&s| ctx(s) > 0) {
+                let table: Vec<u32> = (0..6).map(|k| (s * 6 + k) as u32).collect();
+                let prompt: Vec<u32> = (0..ctx(s)).map(|k| (s as u32 * 13 + k * 29 + i as u32 * 7) % 4096).collect();
+                p.push_seq(prompt, 0, &table, false);
+            }
+            p.finish();
+            if p.num_seqs() > 0 {
+                r.run(&p, &[]).unwrap();
+            }
             let mut b = BatchMeta::default();
             b.clear(16);
             for s in 0..n {
