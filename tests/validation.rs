@@ -54,7 +54,8 @@ fn same(a: &serde_json::Value, b: &serde_json::Value, at: &str) -> Result<(), St
 /// simulator re-simulates the committed engine runs to the committed
 /// validation.json (it is deterministic) — the H100 attempt kept out of
 /// reports/validation/h100 because its worst metric is above the bound,
-/// and the 2 × H200 tensor-parallel runs. A change to the simulator that
+/// the 2 × H200 tensor-parallel runs, and the H200 campaign with CUDA
+/// graphs. A change to the simulator that
 /// moves them fails here; rerun `validate … --json` on the directory to
 /// commit the new table (and the README's figures) with it.
 #[test]
@@ -64,6 +65,7 @@ fn committed_error_tables_are_reproduced() {
     for (dir, profile) in [
         ("reports/validation-attempts/h100-55a9477", None),
         ("reports/validation-tp/h200x2", Some("sim/profiles/h200/llama-3.1-8b-bf16-tp2.csv")),
+        ("reports/validation-attempts/h200-0b9b423", Some("sim/profiles/h200/llama-3.1-8b-bf16.csv")),
     ] {
         let json = tmp.path().join("v.json");
         let mut args = vec!["validate", dir, "--json", json.to_str().unwrap()];
