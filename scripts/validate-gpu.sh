@@ -25,7 +25,8 @@
 # Environment: BIN (default target/release/servetwin), BACKEND (cuda),
 # GPU (h100: the reports/validation/ folder), HW (h100-sxm: the catalog GPU),
 # MODEL (llama-3.1-8b), GRID (default), RUN_SET (one --set for every
-# validation run, e.g. 'hardware.gpu="h200"' on an H200); for a dry run of the flow on a CPU:
+# validation run, e.g. 'hardware.gpu="h200"' on an H200); for a dry run of
+# the flow on a CPU:
 # PROFILE_SCENARIO (profile this scenario instead of --model), PROFILE_SET
 # (one --set for it), SCENARIOS (the runs' scenario files), e.g.
 #   BACKEND=cpu GPU=cpu-dry HW=cpu GRID=small ALLOW_DIRTY=1 \
