@@ -8,11 +8,22 @@
 //! and one GPU or a tensor-parallel group of them on the GPU machine. Each
 //! shape runs `warmup` times untimed, then `repeats` times; the row keeps
 //! the median, min and max.
+//!
+//! Two things make the measured steps those a serving run takes (measured
+//! on the H200 at 8111209, where uniform decode rows on an unwritten pool
+//! ran 2.6–9 % faster than the same Σ context in the validation runs):
+//! - every KV block a row reads is first written by prefill steps through
+//!   the model, as serving only ever reads KV it wrote (128 sequences × 1000
+//!   tokens decode 4 % slower from written blocks than from fresh ones);
+//! - decode contexts are spread as a serving batch's are (lognormal, σ 0.6,
+//!   `ProfileRow::seqs_spread`), not equal: the longest sequence sets the
+//!   decode attention's partition, so a ragged batch costs more than an
+//!   even one of the same Σ context.
 
 use servetwin_sim::profile::{model_shape, Profile, ProfileRow, RowKind};
 use servetwin_sim::scenario::Loaded;
 use servetwin_sim::sched::{Limits, Seq};
-use servetwin_sim::step::{Executor, Step, StepOutcome};
+use servetwin_sim::step::{Executor, PlanItem, Step, StepOutcome, StepPlan};
 use servetwin_sim::workload::Request;
 
 use crate::runner::Runner;
@@ -32,6 +43,8 @@ pub struct Grid {
     /// Mixed steps, as chunked prefill makes them: (chunk, its context,
     /// decoding sequences, their Σ context).
     pub mixed: Vec<(u32, u32, u32, u64)>,
+    /// Lognormal σ of the decodes' contexts (0: all equal).
+    pub decode_spread: f64,
     pub warmup: u32,
     pub repeats: u32,
 }
@@ -46,6 +59,7 @@ impl Grid {
             decode_seqs: vec![1, 4, 16],
             decode_context_tokens: vec![16, 256, 1024, 2048],
             mixed: vec![(64, 0, 4, 256), (256, 128, 8, 1024), (16, 256, 16, 2048)],
+            decode_spread: 0.6,
             warmup: 1,
             repeats: 3,
         }
@@ -63,8 +77,12 @@ impl Grid {
             decode_seqs: vec![1, 2, 4, 8, 16, 32, 64, 128, 192, 256],
             // From 64: an idle chat's single decodes sit at 80–250 tokens of
             // context, below a grid that began at 256 (a quarter of the H100
-            // chat-idle run's steps fell back to the roofline).
-            decode_context_tokens: vec![64, 256, 1024, 4096, 16_384, 65_536, 131_072, 262_144, 393_216],
+            // chat-idle run's steps fell back to the roofline). Doubling
+            // steps to 64k: step time bends where the attention partition
+            // changes, which points 4× apart interpolated 3 % low.
+            decode_context_tokens: vec![
+                64, 128, 256, 512, 1024, 2048, 4096, 8192, 16_384, 32_768, 65_536, 131_072, 262_144, 393_216,
+            ],
             mixed: vec![
                 (512, 0, 16, 16 * 1024),
                 (512, 2048, 64, 64 * 1024),
@@ -77,6 +95,7 @@ impl Grid {
                 (480, 0, 32, 32 * 256),
                 (448, 1024, 64, 64 * 512),
             ],
+            decode_spread: 0.6,
             warmup: 3,
             repeats: 10,
         }
@@ -104,11 +123,11 @@ impl Grid {
 
 /// Why a grid point was not measured: it does not fit the scenario's
 /// limits (which also size the GPU's activation reserve) or the KV pool.
-fn unfit(row: &ProfileRow, limits: &Limits, block_size: u32, blocks: u32) -> Option<String> {
+fn unfit(row: &ProfileRow, spread: f64, limits: &Limits, block_size: u32, blocks: u32) -> Option<String> {
     if row.decode_context_tokens < row.decode_seqs as u64 {
         return Some("fewer context tokens than decoding sequences".into());
     }
-    let seqs = row.seqs();
+    let seqs = row.seqs_spread(spread);
     let tokens: u32 = seqs.iter().map(|s| s.0).sum();
     if tokens > limits.max_num_batched_tokens {
         return Some(format!("{tokens} tokens exceed scheduler.max_num_batched_tokens {}", limits.max_num_batched_tokens));
@@ -184,37 +203,36 @@ pub fn profile<R: Runner>(
         out.meta.push(("cuda_graphs".into(), graphs.to_string()));
     }
     out.meta.extend(meta);
+    let spread = grid.decode_spread;
+    if spread > 0.0 {
+        out.meta.push(("decode_context_spread".into(), format!("lognormal sigma={spread}")));
+    }
+    let bs = s.scheduler.block_size_tokens;
+    let mut rows = Vec::new();
+    for row in grid.rows() {
+        match unfit(&row, spread, &loaded.limits, bs, loaded.kv_blocks_per_replica) {
+            Some(why) => progress(Progress::Skipped(&row, why)),
+            None => rows.push(row),
+        }
+    }
     let runs = grid.warmup + grid.repeats.max(1);
     let mut next_id = 0u64;
     let mut outcome = StepOutcome::default();
     let mut times = Vec::with_capacity(runs as usize);
     clock.start();
-    for mut row in grid.rows() {
-        let bs = s.scheduler.block_size_tokens;
-        if let Some(why) = unfit(&row, &loaded.limits, bs, loaded.kv_blocks_per_replica) {
-            progress(Progress::Skipped(&row, why));
-            continue;
-        }
+    // Every row's sequences take blocks from 0.
+    let blocks_read = rows.iter().map(|r| r.seqs_spread(spread).iter().map(|&(n, c)| (n + c).div_ceil(bs)).sum::<u32>()).max().unwrap_or(0);
+    write_blocks(&mut exec, &clock, &loaded.limits, bs, blocks_read, &mut next_id)?;
+    out.meta.push(("kv_blocks_written".into(), blocks_read.to_string()));
+    for mut row in rows {
         // Fresh sequences that finish on the last run, so the executor's
-        // token store forgets them; blocks from 0 (the cache's contents do
-        // not change the time).
+        // token store forgets them; blocks from 0.
         let mut first_block = 0;
         let running: Vec<Seq> = row
-            .seqs()
+            .seqs_spread(spread)
             .into_iter()
             .map(|(n, c)| {
-                let req = Request {
-                    id: next_id,
-                    arrival_ns: 0,
-                    input_tokens: c + n,
-                    output_tokens: runs,
-                    prefix: Vec::new(),
-                    class: 0,
-                    priority: 0,
-                    session: None,
-                };
-                next_id += 1;
-                let mut seq = Seq::new(req);
+                let mut seq = Seq::new(request(&mut next_id, c + n, runs));
                 let blocks = (c + n).div_ceil(bs);
                 seq.blocks = (first_block..first_block + blocks).collect();
                 first_block += blocks;
@@ -222,7 +240,7 @@ pub fn profile<R: Runner>(
                 seq
             })
             .collect();
-        let mut plan = row.plan();
+        let mut plan = row.plan_spread(spread);
         for (item, seq) in plan.items.iter_mut().zip(&running) {
             item.req = seq.id;
         }
@@ -249,6 +267,33 @@ pub fn profile<R: Runner>(
     Ok(out)
 }
 
+/// A request of `tokens` prompt tokens that finishes after `outputs`
+/// samples, so that the executor's token store forgets it.
+fn request(next_id: &mut u64, tokens: u32, outputs: u32) -> Request {
+    *next_id += 1;
+    Request { id: *next_id - 1, arrival_ns: 0, input_tokens: tokens, output_tokens: outputs, prefix: Vec::new(), class: 0, priority: 0, session: None }
+}
+
+/// Writes KV blocks 0..`blocks` by prefilling fresh prompts through the
+/// model, chunks as large as the limits allow, untimed.
+fn write_blocks<E: Executor>(exec: &mut E, clock: &WallClock, limits: &Limits, bs: u32, blocks: u32, next_id: &mut u64) -> Result<()> {
+    let per_step = (limits.max_num_batched_tokens.min(limits.max_model_len) / bs).max(1);
+    let mut outcome = StepOutcome::default();
+    let mut first = 0;
+    while first < blocks {
+        let n = per_step.min(blocks - first);
+        let mut seq = Seq::new(request(next_id, n * bs, 1));
+        seq.blocks = (first..first + n).collect();
+        let running = [seq];
+        let item = PlanItem { req: running[0].id, slot: 0, new_tokens: n * bs, context_tokens: 0, samples: true, draft_tokens: 0, class: 0 };
+        let plan = StepPlan { items: vec![item], ..Default::default() };
+        let step = Step { now_ns: clock.now_ns(), plan: &plan, running: &running };
+        exec.execute(step, &mut outcome).map_err(|e| EngineError::Backend(e.0))?;
+        first += n;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -266,14 +311,14 @@ mod tests {
             speculative_tokens: 0,
             speculative_max_batch: u32::MAX,
         };
-        assert!(unfit(&d(4, 2), &limits, 16, 100).unwrap().contains("fewer context"));
-        assert!(unfit(&d(1, 2000), &limits, 16, 1000).unwrap().contains("max_model_len"));
-        assert!(unfit(&d(16, 2000), &limits, 16, 1000).unwrap().contains("max_num_seqs 8"));
+        assert!(unfit(&d(4, 2), 0.0, &limits, 16, 100).unwrap().contains("fewer context"));
+        assert!(unfit(&d(1, 2000), 0.0, &limits, 16, 1000).unwrap().contains("max_model_len"));
+        assert!(unfit(&d(16, 2000), 0.0, &limits, 16, 1000).unwrap().contains("max_num_seqs 8"));
         let p = ProfileRow::new(RowKind::Prefill, (600, 0), (0, 0));
-        assert!(unfit(&p, &limits, 16, 1000).unwrap().contains("max_num_batched_tokens 512"));
+        assert!(unfit(&p, 0.0, &limits, 16, 1000).unwrap().contains("max_num_batched_tokens 512"));
         // 4 × (256 + 1) tokens: 17 blocks each.
-        assert_eq!(unfit(&d(4, 1024), &limits, 16, 67).unwrap(), "needs 68 KV blocks, the pool has 67");
-        assert_eq!(unfit(&d(4, 1024), &limits, 16, 68), None);
+        assert_eq!(unfit(&d(4, 1024), 0.0, &limits, 16, 67).unwrap(), "needs 68 KV blocks, the pool has 67");
+        assert_eq!(unfit(&d(4, 1024), 0.0, &limits, 16, 68), None);
     }
 
     #[test]

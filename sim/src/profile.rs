@@ -11,7 +11,7 @@
 //! | `prefill_tokens` | new tokens of the one prefill chunk (0 without one) |
 //! | `prefill_context_tokens` | tokens in KV before that chunk |
 //! | `decode_seqs` | sequences decoding one token each (0 without) |
-//! | `decode_context_tokens` | Σ tokens in KV before the step over them, spread evenly (first `Σ mod n` get one more) |
+//! | `decode_context_tokens` | Σ tokens in KV before the step over them, spread evenly (first `Σ mod n` get one more), or as `ProfileRow::seqs_spread` spreads them where the `decode_context_spread` metadata names a lognormal `sigma` |
 //! | `repeats` | timed executions after warm-up |
 //! | `median_ns`, `min_ns`, `max_ns` | of those executions' durations |
 //!
@@ -133,11 +133,46 @@ impl ProfileRow {
         v
     }
 
+    /// `seqs`, with the decodes' contexts spread as a serving batch's are:
+    /// drawn from a lognormal of shape `sigma` (ChaCha8, seed 0: the same
+    /// contexts on every run), then scaled to the row's Σ context, each at
+    /// least 1. `sigma` 0 is `seqs`' even spread.
+    pub fn seqs_spread(&self, sigma: f64) -> Vec<(u32, u32)> {
+        let mut v = self.seqs();
+        let n = self.decode_seqs as usize;
+        let total = self.decode_context_tokens;
+        if sigma <= 0.0 || n < 2 || total < n as u64 {
+            return v;
+        }
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let dist = rand_distr::LogNormal::new(0.0, sigma).expect("a positive sigma");
+        let w: Vec<f64> = (0..n).map(|_| rng.sample(dist)).collect();
+        let sum: f64 = w.iter().sum();
+        let spare = total - n as u64;
+        let mut ctx: Vec<u64> = w.iter().map(|x| 1 + (x / sum * spare as f64).floor() as u64).collect();
+        // The floors' shortfall, one token each from the first.
+        let short = total - ctx.iter().sum::<u64>();
+        for c in ctx.iter_mut().take(short as usize) {
+            *c += 1;
+        }
+        let first = v.len() - n;
+        for (d, c) in v[first..].iter_mut().zip(ctx) {
+            d.1 = c as u32;
+        }
+        v
+    }
+
     /// The plan the profiler runs for this row (request ids from 0, slots
     /// in order; every sequence samples).
     pub fn plan(&self) -> StepPlan {
+        self.plan_spread(0.0)
+    }
+
+    /// `plan`, with the contexts of `seqs_spread(sigma)`.
+    pub fn plan_spread(&self, sigma: f64) -> StepPlan {
         let items = (0..)
-            .zip(self.seqs())
+            .zip(self.seqs_spread(sigma))
             .map(|(i, (new_tokens, context_tokens))| PlanItem {
                 req: i as u64,
                 slot: i,
@@ -568,6 +603,14 @@ mod tests {
     fn rows_rebuild_their_batch() {
         let r = row(RowKind::Mixed, (64, 100), (3, 10), 1);
         assert_eq!(r.seqs(), vec![(64, 100), (1, 4), (1, 3), (1, 3)]);
+        assert_eq!(r.seqs_spread(0.0), r.seqs());
+        let d = ProfileRow::new(RowKind::Decode, (0, 0), (32, 32 * 300));
+        let spread = d.seqs_spread(0.6);
+        assert_eq!(spread, d.seqs_spread(0.6), "the same contexts every time");
+        assert_eq!(spread.iter().map(|s| s.1 as u64).sum::<u64>(), 32 * 300);
+        assert!(spread.iter().all(|&(n, c)| n == 1 && c >= 1));
+        let (lo, hi) = (spread.iter().map(|s| s.1).min().unwrap(), spread.iter().map(|s| s.1).max().unwrap());
+        assert!(lo < 200 && hi > 450, "spread {lo}..{hi}");
         let s = r.shape();
         assert_eq!((s.prefill_tokens, s.decode_seqs, s.decode_kv_tokens, s.sampled), (64, 3, 13, 4));
     }
