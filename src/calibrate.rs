@@ -8,8 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use servetwin_sim::calibrate::{fit, to_toml};
-use servetwin_sim::cost::CostModel;
-use servetwin_sim::profile::{Profile, ProfiledCost, RowKind};
+use servetwin_sim::profile::{Profile, ProfiledCost};
 use servetwin_sim::scenario::{self, Loaded};
 
 /// The model and GPU the profile was measured on: `scenario`'s, else the
@@ -56,15 +55,9 @@ pub fn run(profile: &Path, scenario: Option<&Path>, set: &[String], out: Option<
     for (k, n, m) in &f.by_kind {
         println!("  {:<8} {n:>4} rows  MAPE {m:.2} %", format!("{k:?}").to_lowercase());
     }
-    let mixed: Vec<_> = p.rows.iter().filter(|r| r.kind == RowKind::Mixed).collect();
-    if !mixed.is_empty() {
-        let model = ProfiledCost::new(&p, &loaded.model, &loaded.gpu, base, tp)?;
-        let ape: f64 = mixed
-            .iter()
-            .map(|r| (model.step_cost(&r.shape()).duration_ns as f64 / r.median_ns as f64 - 1.0).abs())
-            .sum::<f64>()
-            / mixed.len() as f64;
-        println!("profiled model on the {} mixed rows it composes: MAPE {:.2} %", mixed.len(), 100.0 * ape);
+    let model = ProfiledCost::new(&p, &loaded.model, &loaded.gpu, base, tp)?;
+    if let Some((n, plain, loo)) = model.mixed_errors(&p) {
+        println!("profiled model on the {n} mixed rows it composes: MAPE {plain:.2} % composed, {loo:.2} % corrected by the nearest other mixed row");
     }
     if let Some(out) = out {
         std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;
