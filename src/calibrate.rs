@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use servetwin_sim::calibrate::{fit, to_toml};
-use servetwin_sim::profile::{Profile, ProfiledCost};
+use servetwin_sim::profile::{Profile, ProfiledCost, RowKind};
 use servetwin_sim::scenario::{self, Loaded};
 
 /// The model and GPU the profile was measured on: `scenario`'s, else the
@@ -55,9 +55,11 @@ pub fn run(profile: &Path, scenario: Option<&Path>, set: &[String], out: Option<
     for (k, n, m) in &f.by_kind {
         println!("  {:<8} {n:>4} rows  MAPE {m:.2} %", format!("{k:?}").to_lowercase());
     }
-    let model = ProfiledCost::new(&p, &loaded.model, &loaded.gpu, base, tp)?;
-    if let Some((n, plain, loo)) = model.mixed_errors(&p) {
-        println!("profiled model on the {n} mixed rows it composes: MAPE {plain:.2} % composed, {loo:.2} % corrected by the nearest other mixed row");
+    if p.rows.iter().any(|r| r.kind == RowKind::Mixed) {
+        let model = ProfiledCost::new(&p, &loaded.model, &loaded.gpu, base, tp)?;
+        if let Some((n, plain, loo)) = model.mixed_errors() {
+            println!("profiled model on the {n} mixed rows it composes: MAPE {plain:.2} % composed, {loo:.2} % corrected by the nearest other mixed row");
+        }
     }
     if let Some(out) = out {
         std::fs::write(&out, &text).with_context(|| format!("writing {}", out.display()))?;

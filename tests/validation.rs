@@ -3,8 +3,9 @@
 //! h100/ and h200/, made by scripts/validate-gpu.sh, each against its GPU's
 //! profile) and holds its error bounds: median |relative error| ≤ 5 % over
 //! the medians and throughputs of all runs, none above 15 %, per-step
-//! duration MAPE ≤ 5 %. A GPU with no runs committed is skipped, saying so. The committed error tables of other runs (an H100
-//! attempt, the tensor-parallel runs) are re-simulated and compared too.
+//! duration MAPE ≤ 5 %. A GPU with no runs committed is skipped, saying
+//! so. The committed error tables of other runs (an H100 attempt, the
+//! tensor-parallel runs) are re-simulated and compared too.
 
 use std::path::Path;
 

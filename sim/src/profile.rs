@@ -436,6 +436,14 @@ fn mixed_key(s: &BatchShape) -> (f64, f64) {
     ((s.prefill_tokens.max(1) as f64).ln(), (s.decode_seqs.max(1) as f64).ln())
 }
 
+/// A measured mixed row and the composition of its shape (seconds).
+#[derive(Debug, Clone, Copy)]
+struct MixedRow {
+    key: (f64, f64),
+    measured_s: f64,
+    composed_s: f64,
+}
+
 /// How a run's steps were costed by the `profiled` model (summary.json's
 /// `profiled_cost`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -462,9 +470,8 @@ pub struct ProfiledCost {
     /// Boxed so that the two cost models an enum holds are of a size.
     roofline: Box<Roofline>,
     coverage: Coverage,
-    /// Each mixed row: (ln chunk tokens, ln decoding sequences, measured /
-    /// composed time).
-    mixed: Vec<(f64, f64, f64)>,
+    /// The profile's mixed rows that compose from the table.
+    mixed: Vec<MixedRow>,
     inside: Cell<u64>,
     outside: Cell<u64>,
 }
@@ -500,55 +507,50 @@ impl ProfiledCost {
             inside: Cell::new(0),
             outside: Cell::new(0),
         };
-        let mixed: Vec<_> = profile
+        let mixed = profile
             .rows
             .iter()
             .filter(|r| r.kind == RowKind::Mixed)
-            .filter_map(|r| cost.composed_s(&r.shape()).map(|(t, _)| (mixed_key(&r.shape()), r.median_ns as f64 * 1e-9 / t)))
-            .map(|((x, y), ratio)| (x, y, ratio))
+            .filter_map(|r| {
+                let shape = r.shape();
+                let composed_s = cost.composed_s(&shape, &cost.roofline.step_cost(&shape))?;
+                Some(MixedRow { key: mixed_key(&shape), measured_s: r.median_ns as f64 * 1e-9, composed_s })
+            })
             .collect();
         cost.mixed = mixed;
         Ok(cost)
     }
 
-    /// The composition of `s` from the table (seconds), and the fitted
+    /// The composition of `s` from the table (seconds), given the fitted
     /// roofline's cost of `s`; None outside the table.
-    fn composed_s(&self, s: &BatchShape) -> Option<(f64, StepCost)> {
-        let fitted = self.roofline.step_cost(s);
+    fn composed_s(&self, s: &BatchShape, fitted: &StepCost) -> Option<f64> {
         let (anchor, table_s) = self.anchor(s)?;
         let total = |c: &StepCost| c.op_s.iter().sum::<f64>();
-        Some(((table_s + total(&fitted) - total(&self.roofline.step_cost(&anchor))).max(1e-9), fitted))
+        Some((table_s + total(fitted) - total(&self.roofline.step_cost(&anchor))).max(1e-9))
     }
 
-    /// The measured/composed ratio of the mixed row nearest `s`, leaving
-    /// out row `skip`; 1 for a step that is not mixed or without rows.
-    fn mixed_ratio(&self, s: &BatchShape, skip: Option<usize>) -> f64 {
-        if s.prefill_tokens == 0 || s.decode_seqs == 0 {
-            return 1.0;
-        }
-        let (x, y) = mixed_key(s);
-        let d = |&(a, b, _): &(f64, f64, f64)| (a - x).powi(2) + (b - y).powi(2);
+    /// The measured/composed ratio of the mixed row nearest `key`, leaving
+    /// out row `skip`; 1 without rows.
+    fn mixed_ratio(&self, (x, y): (f64, f64), skip: Option<usize>) -> f64 {
+        let d = |m: &MixedRow| (m.key.0 - x).powi(2) + (m.key.1 - y).powi(2);
         let rows = self.mixed.iter().enumerate().filter(|&(i, _)| Some(i) != skip).map(|(_, m)| m);
-        rows.min_by(|a, b| d(a).total_cmp(&d(b))).map_or(1.0, |m| m.2)
+        rows.min_by(|a, b| d(a).total_cmp(&d(b))).map_or(1.0, |m| m.measured_s / m.composed_s)
     }
 
-    /// Over the profile's mixed rows: the uncorrected composition's MAPE,
-    /// and the corrected model's with each row corrected by its nearest
-    /// other row (%); None without mixed rows in the table.
-    pub fn mixed_errors(&self, profile: &Profile) -> Option<(usize, f64, f64)> {
-        let rows: Vec<_> = profile.rows.iter().filter(|r| r.kind == RowKind::Mixed).filter(|r| self.composed_s(&r.shape()).is_some()).collect();
-        if rows.is_empty() {
+    /// Over the profile's mixed rows that compose: their count, the
+    /// uncorrected composition's MAPE, and the corrected model's with each
+    /// row corrected by its nearest other row (%); None without such rows.
+    pub fn mixed_errors(&self) -> Option<(usize, f64, f64)> {
+        if self.mixed.is_empty() {
             return None;
         }
         let (mut plain, mut loo) = (0.0, 0.0);
-        for (i, r) in rows.iter().enumerate() {
-            let measured = r.median_ns as f64 * 1e-9;
-            let (t, _) = self.composed_s(&r.shape())?;
-            plain += (t / measured - 1.0).abs();
-            loo += (t * self.mixed_ratio(&r.shape(), Some(i)) / measured - 1.0).abs();
+        for (i, m) in self.mixed.iter().enumerate() {
+            plain += (m.composed_s / m.measured_s - 1.0).abs();
+            loo += (m.composed_s * self.mixed_ratio(m.key, Some(i)) / m.measured_s - 1.0).abs();
         }
-        let n = rows.len() as f64;
-        Some((rows.len(), 100.0 * plain / n, 100.0 * loo / n))
+        let n = self.mixed.len() as f64;
+        Some((self.mixed.len(), 100.0 * plain / n, 100.0 * loo / n))
     }
 
     /// The anchor of `s` on a surface and the table's time there (seconds).
@@ -576,16 +578,18 @@ impl ProfiledCost {
 
 impl CostModel for ProfiledCost {
     fn step_cost(&self, s: &BatchShape) -> StepCost {
+        let fitted = self.roofline.step_cost(s);
         if s.tokens == 0 {
-            return self.roofline.step_cost(s);
+            return fitted;
         }
-        let Some((composed, fitted)) = self.composed_s(s) else {
+        let Some(composed) = self.composed_s(s, &fitted) else {
             self.outside.set(self.outside.get() + 1);
-            return self.roofline.step_cost(s);
+            return fitted;
         };
         self.inside.set(self.inside.get() + 1);
         let fitted_s = fitted.op_s.iter().sum::<f64>();
-        let t = composed * self.mixed_ratio(s, None);
+        let mixed = s.prefill_tokens > 0 && s.decode_seqs > 0;
+        let t = if mixed { composed * self.mixed_ratio(mixed_key(s), None) } else { composed };
         // The breakdown is the fitted roofline's, scaled to the total.
         let scale = if fitted_s > 0.0 { t / fitted_s } else { 0.0 };
         // The work is the fitted roofline's too: only the time is measured.
@@ -723,7 +727,7 @@ mod tests {
         let p = |rows: &[ProfileRow]| Profile { path: "m.csv".into(), meta: vec![("model_shape".into(), model_shape(&m))], rows: rows.to_vec(), lines: (0..rows.len() as u64).collect() };
         let base = CostSpec::default();
         let plain = ProfiledCost::new(&p(&rows), &m, &g, &base, 1).unwrap();
-        assert!(plain.mixed_errors(&p(&rows)).is_none(), "no mixed rows");
+        assert!(plain.mixed_errors().is_none(), "no mixed rows");
         // Two mixed rows, measured 20 % above and 10 % below their composition.
         let small = ProfileRow::new(RowKind::Mixed, (100, 0), (8, 8 * 256));
         let large = ProfileRow::new(RowKind::Mixed, (900, 0), (60, 60 * 1000));
@@ -733,7 +737,7 @@ mod tests {
         rows.push(ProfileRow { repeats: 3, median_ns: cl * 9 / 10, min_ns: cl * 9 / 10, max_ns: cl * 9 / 10, ..large.clone() });
         let cost = ProfiledCost::new(&p(&rows), &m, &g, &base, 1).unwrap();
         // (The mixed rows enter the roofline's fit: its own composition.)
-        let own = |r: &ProfileRow| cost.composed_s(&r.shape()).unwrap().0 * 1e9;
+        let own = |r: &ProfileRow| cost.composed_s(&r.shape(), &cost.roofline.step_cost(&r.shape())).unwrap() * 1e9;
         let near = |a: f64, b: f64| (a / b - 1.0).abs() < 1e-6;
         let (ms, ml) = ((cs * 6 / 5) as f64, (cl * 9 / 10) as f64);
         assert!(near(cost.step_cost(&small.shape()).duration_ns as f64, ms));
@@ -747,7 +751,7 @@ mod tests {
         }
         // The composition's error, and left out, each row corrected by the
         // other's ratio.
-        let (n, raw, loo) = cost.mixed_errors(&p(&rows)).unwrap();
+        let (n, raw, loo) = cost.mixed_errors().unwrap();
         let (rs, rl) = (ms / own(&small), ml / own(&large));
         assert_eq!(n, 2);
         assert!((raw - 100.0 * ((1.0 / rs - 1.0).abs() + (1.0 / rl - 1.0).abs()) / 2.0).abs() < 0.01, "{raw}");
