@@ -230,7 +230,10 @@ fn run_model<B: Backend>(
                 continue;
             }
             let n = (t.len() as u32 - done[s]).min(chunk);
-            let table: Vec<u32> = (0..64).map(|i| (s as u32 * 64 + i) * 3 % 256).collect();
+            // Sixteen blocks a sequence (256 tokens), scattered over the
+            // pool by a permutation (37 is odd, so coprime to 256): no two
+            // sequences share a block, which would make their KV writes race.
+            let table: Vec<u32> = (0..16).map(|i| (s as u32 * 16 + i) * 37 % 256).collect();
             let sample = done[s] + n == t.len() as u32;
             meta.push_seq(t[done[s] as usize..(done[s] + n) as usize].iter().copied(), done[s], &table, sample);
             done[s] += n;

@@ -18,11 +18,46 @@ const DECODE_WARPS: usize = 4;
 /// Stages of each warp's cp.async ring (DEC_STAGES in decode_attention.cu).
 const DECODE_STAGES: usize = 3;
 
-/// Keys per lane per tile of the decode kernel for group `g` (U in
+/// Keys per lane per tile of the SIMT decode kernel for group `g` (U in
 /// decode_attention.cu: fewer for 8 heads, whose accumulators need the
 /// registers).
 fn decode_keys_per_lane(g: usize) -> usize {
     if g <= 4 { 8 } else { 4 }
+}
+/// Keys per warp tile and ring stages of the tensor-core decode kernel
+/// (DTC_BN, DTC_STAGES in decode_attention.cu).
+const DECODE_TC_KEYS: usize = 16;
+const DECODE_TC_STAGES: usize = 3;
+
+/// Which decode attention kernel runs: the engine's tensor-core one, or the
+/// SIMT one it replaced (kept as the benchmark's comparison point).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[doc(hidden)]
+pub enum DecodeKernel {
+    TensorCore,
+    Simt,
+}
+
+impl DecodeKernel {
+    fn name(self, hd: usize, g: usize) -> String {
+        match self {
+            DecodeKernel::TensorCore => format!("decode_attn_tc_hd{hd}_g{g}"),
+            DecodeKernel::Simt => format!("decode_attn_hd{hd}_g{g}"),
+        }
+    }
+
+    /// Dynamic shared memory: the warps' partials for the merge (an
+    /// accumulator row and (m, l) per head of the group), then the rings.
+    fn smem_bytes(self, hd: usize, g: usize) -> usize {
+        let partials = DECODE_WARPS * g * (hd + 2) * 4;
+        partials
+            + match self {
+                // [warp][stage][K, V][key][hd] bf16.
+                DecodeKernel::TensorCore => DECODE_WARPS * DECODE_TC_STAGES * 2 * DECODE_TC_KEYS * hd * 2,
+                // [warp][stage][K, V][U][32 lanes] 16-byte pieces.
+                DecodeKernel::Simt => DECODE_WARPS * DECODE_STAGES * 2 * decode_keys_per_lane(g) * 32 * 16,
+            }
+    }
 }
 const PREFILL_THREADS: u32 = 128;
 /// Query rows per warp-level m16 tile, warps per block, keys per tile
@@ -150,6 +185,24 @@ impl Gpu {
         out: &mut impl DevicePtrMut<bf16>,
         part: usize,
     ) -> Result<()> {
+        self.decode_attention_with(DecodeKernel::TensorCore, qkv, k_cache, v_cache, meta, shape, out, part)
+    }
+
+    /// `decode_attention_parts` on the given kernel (the benchmark compares
+    /// the two; the tests check both).
+    #[doc(hidden)]
+    #[allow(clippy::too_many_arguments)]
+    pub fn decode_attention_with(
+        &self,
+        kernel: DecodeKernel,
+        qkv: &impl DevicePtr<bf16>,
+        k_cache: &impl DevicePtr<bf16>,
+        v_cache: &impl DevicePtr<bf16>,
+        meta: &DeviceMeta,
+        shape: &AttnShape,
+        out: &mut impl DevicePtrMut<bf16>,
+        part: usize,
+    ) -> Result<()> {
         ensure(meta.max_new_tokens == 1 && meta.num_tokens == meta.num_seqs, || {
             "decode attention needs exactly one new token per sequence".into()
         })?;
@@ -166,9 +219,7 @@ impl Gpu {
         };
         let slots = meta.num_seqs * shape.num_q_heads * max_parts;
         let scratch_len = if max_parts > 1 { slots * (hd + 2) } else { 1 };
-        // Per warp: an accumulator row and (m, l) per head of the group,
-        // then its ring of K and V pieces (16 bytes per lane per key slot).
-        let smem = (DECODE_WARPS * g * (hd + 2) * 4 + DECODE_WARPS * DECODE_STAGES * 2 * decode_keys_per_lane(g) * 32 * 16) as u32;
+        let smem = kernel.smem_bytes(hd, g) as u32;
         // exp2 in the kernel: fold log2(e) into the softmax scale.
         let scale_log2 = std::f32::consts::LOG2_E / (hd as f32).sqrt();
         let (q_stride, out_stride) = (i32_of(shape.qkv_width())?, i32_of(shape.out_width())?);
@@ -179,7 +230,7 @@ impl Gpu {
         self.with_scratch(scratch_len, |ws| {
             let (ws_acc, _) = rd(&self.stream, ws);
             let ws_ml = ws_acc + (slots * hd * 4) as u64;
-            let f = self.function(&format!("decode_attn_hd{hd}_g{g}"))?;
+            let f = self.function(&kernel.name(hd, g))?;
             f.set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)?;
             let mut b = self.stream.launch_builder(f);
             b.arg(&p.q).arg(&q_stride).arg(&p.k).arg(&p.v).arg(&m.cu_q).arg(&m.ctx_len);

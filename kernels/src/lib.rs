@@ -60,7 +60,7 @@ pub mod reference;
 mod rope;
 mod shape;
 
-pub use attention::{decode_partition, decode_partition_keys};
+pub use attention::{decode_partition, decode_partition_keys, DecodeKernel};
 pub use cudarc;
 pub use error::{KernelError, Result};
 pub use gemm::{GemmOut, GEMV_MAX_TOKENS};

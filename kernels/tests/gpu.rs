@@ -9,7 +9,7 @@ use half::bf16;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use servetwin_kernels::cudarc::driver::CudaSlice;
-use servetwin_kernels::{reference, AttnShape, BatchMeta, DeviceMeta, Gpu, RopeTable, SeqSpec};
+use servetwin_kernels::{reference, AttnShape, BatchMeta, DecodeKernel, DeviceMeta, Gpu, RopeTable, SeqSpec};
 
 fn gpu() -> Option<&'static Gpu> {
     static GPU: OnceLock<Result<Gpu, String>> = OnceLock::new();
@@ -208,6 +208,8 @@ enum Attn {
     Decode,
     /// Decode with partitions of this many keys.
     DecodeParts(usize),
+    /// The same on the SIMT kernel (the benchmark's comparison point).
+    DecodeSimt(usize),
     Prefill,
     /// The benchmark's alternative prefill tiling (hd 128, group 4).
     PrefillAlt,
@@ -238,6 +240,7 @@ fn attention_case_in(
     match which {
         Attn::Decode => g.decode_attention(&dq, &dk, &dv, &dm, shape, &mut out),
         Attn::DecodeParts(p) => g.decode_attention_parts(&dq, &dk, &dv, &dm, shape, &mut out, p),
+        Attn::DecodeSimt(p) => g.decode_attention_with(DecodeKernel::Simt, &dq, &dk, &dv, &dm, shape, &mut out, p),
         Attn::Prefill => g.prefill_attention(&dq, &dk, &dv, &dm, shape, &mut out),
         Attn::PrefillAlt => g.prefill_attention_alt_tiling(&dq, &dk, &dv, &dm, shape, &mut out),
     }
@@ -276,21 +279,25 @@ fn decode_attention_matches_reference() {
 
 /// Every partition size the benchmark sweeps, over contexts that end
 /// anywhere in a partition and a warp tile (and a 24-token block, whose
-/// indexing takes the division path rather than the shift).
+/// indexing takes the division path rather than the shift), on both decode
+/// kernels.
 #[test]
 fn decode_attention_any_partition_matches_reference() {
     let Some(g) = gpu() else { return };
-    let ctxs: Vec<(u32, u32)> = [0u32, 1, 30, 31, 32, 63, 64, 100, 255, 256, 700, 1024, 2047]
+    let ctxs: Vec<(u32, u32)> = [0u32, 1, 14, 15, 16, 17, 30, 31, 32, 63, 64, 100, 255, 256, 700, 1024, 2047]
         .iter()
         .map(|&c| (1, c))
         .collect();
     for (i, shape) in SHAPES.iter().enumerate() {
         for (j, part) in [32usize, 64, 96, 256, 1024, 4096].into_iter().enumerate() {
-            let block_size = [16, 32, 24][(i + j) % 3];
-            let mut r = rng(5000 + 10 * i as u64 + j as u64);
-            let b = batch(&mut r, block_size, &ctxs);
-            let (got, want) = attention_case(g, &mut r, &b, shape, Attn::DecodeParts(part));
-            assert_close(&format!("decode {shape:?} bs {block_size} part {part}"), &got, &want, ATTN_ABS_TOL, 0.0);
+            for (k, which) in [Attn::DecodeParts(part), Attn::DecodeSimt(part)].into_iter().enumerate() {
+                let block_size = [16, 32, 24][(i + j + k) % 3];
+                let mut r = rng(5000 + 10 * i as u64 + j as u64 + 100 * k as u64);
+                let b = batch(&mut r, block_size, &ctxs);
+                let (got, want) = attention_case(g, &mut r, &b, shape, which);
+                let kernel = if k == 0 { "tensor-core" } else { "simt" };
+                assert_close(&format!("decode ({kernel}) {shape:?} bs {block_size} part {part}"), &got, &want, ATTN_ABS_TOL, 0.0);
+            }
         }
     }
 }

@@ -12,7 +12,7 @@ use std::fmt::Write as _;
 use anyhow::{Context, Result};
 use half::bf16;
 use servetwin_kernels::cudarc::driver::CudaSlice;
-use servetwin_kernels::{AttnShape, BatchMeta, DeviceMeta, Gpu};
+use servetwin_kernels::{AttnShape, BatchMeta, DecodeKernel, DeviceMeta, Gpu};
 
 /// Llama-3.1-8B (config.json: 32 heads, 8 kv heads, head_dim 128, hidden
 /// 4096, intermediate 14336).
@@ -97,6 +97,13 @@ fn main() -> Result<()> {
                 let label = if part == auto { String::new() } else { format!(" (parts of {part})") };
                 writeln!(md, "| {batch}{label} | {ctx} | {:.1} | {gbps:.0} | {:.2} |", ms * 1e3, gbps / copy_gbps)?;
             }
+            // The SIMT kernel the tensor-core one replaced, same partition.
+            let ms = time_ms(&gpu, 5, 15, 10, |i| {
+                let (k, v) = &caches[i % copies];
+                Ok(gpu.decode_attention_with(DecodeKernel::Simt, &qkv, k, v, &meta, &shape, &mut out, auto)?)
+            })?;
+            let gbps = kv_bytes as f64 / ms / 1e6;
+            writeln!(md, "| {batch} (SIMT kernel) | {ctx} | {:.1} | {gbps:.0} | {:.2} |", ms * 1e3, gbps / copy_gbps)?;
         }
     }
 
