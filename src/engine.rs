@@ -6,6 +6,7 @@ use std::path::Path;
 use anyhow::Context;
 use servetwin_engine::driver::{self, Mode};
 use servetwin_engine::executor::WallClock;
+use servetwin_engine::bench::Grid;
 use servetwin_engine::runner::Runner;
 use servetwin_engine::EngineError;
 use servetwin_sim::des::Simulation;
@@ -65,17 +66,22 @@ pub fn run(
 /// `engine bench`: the model named, dummy weights, every KV block the
 /// device holds (2,048 on the CPU), the grid of `servetwin_engine::bench`;
 /// `tp` GPUs in a tensor-parallel group.
-pub fn bench(model: &str, set: &[String], backend: BackendKind, tp: u32, quick: bool, out: &Path) -> anyhow::Result<()> {
+pub fn bench(model: &str, set: &[String], backend: BackendKind, tp: u32, grid: Grid, out: &Path) -> anyhow::Result<()> {
     // A scenario in memory: the model, and step limits wide enough for the
     // grid's largest prefill.
+    let (prefills, batches, contexts) = &grid;
+    let top = |v: &[u32], floor: u32| v.iter().copied().max().unwrap_or(0).max(floor);
+    let tokens = top(prefills, top(batches, 8192));
+    // 256 tokens past the longest context leave room for the new ones.
+    let (seqs, len) = (top(batches, 256), top(prefills, top(contexts, 0) + 256));
     let mut text = format!(
-        "[model]\nname = {model:?}\n[hardware]\ncount = {tp}\n[parallelism]\ntp = {tp}\n[scheduler]\nmax_num_batched_tokens = 8192\nmax_num_seqs = 256\nmax_model_len = 8448\n"
+        "[model]\nname = {model:?}\n[hardware]\ncount = {tp}\n[parallelism]\ntp = {tp}\n[scheduler]\nmax_num_batched_tokens = {tokens}\nmax_num_seqs = {seqs}\nmax_model_len = {len}\n"
     );
     if matches!(backend, BackendKind::Cpu) {
         text += "num_gpu_blocks_override = 2048\n";
     }
     let loaded = servetwin_sim::scenario::load_str(&text, Path::new("engine-bench.toml"), set)?;
-    bench_on(start(backend, &loaded)?, &loaded, quick, out)
+    bench_on(start(backend, &loaded)?, &loaded, grid, out)
 }
 
 /// `engine allreduce`: NCCL all-reduce time against size on `tp` GPUs,
@@ -151,7 +157,7 @@ pub fn no_cuda() -> EngineError {
     }
 }
 
-fn bench_on(mut runner: Box<dyn Runner>, loaded: &Loaded, quick: bool, out: &Path) -> anyhow::Result<()> {
+fn bench_on(mut runner: Box<dyn Runner>, loaded: &Loaded, grid: Grid, out: &Path) -> anyhow::Result<()> {
     use servetwin_engine::bench;
     let block_size = loaded.scenario.scheduler.block_size_tokens;
     let info = runner.info().clone();
@@ -173,7 +179,7 @@ fn bench_on(mut runner: Box<dyn Runner>, loaded: &Loaded, quick: bool, out: &Pat
     }
     println!("{:<8}{:>7}{:>9}{:>9}{:>12}{:>11}{:>9}", "kind", "batch", "tokens", "context", "median ms", "floor ms", "ratio");
     let opt = |x: Option<f64>, p: usize| x.map_or("—".to_string(), |v| format!("{v:.p$}"));
-    let (cases, skipped) = bench::run(&mut runner, blocks, block_size, bench::default_grid(quick), ceilings, |c| {
+    let (cases, skipped) = bench::run(&mut runner, blocks, block_size, grid, ceilings, |c| {
         println!(
             "{:<8}{:>7}{:>9}{:>9}{:>12.3}{:>11}{:>9}",
             c.kind,

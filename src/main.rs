@@ -208,6 +208,17 @@ enum EngineCommand {
         /// A small grid (2 prefills, 4 decodes), for a quick look.
         #[arg(long)]
         quick: bool,
+        /// Only these prefill lengths (tokens, comma-separated); with
+        /// --prefill, --batch or --context the grid is exactly what they
+        /// name, e.g. --prefill 2048 times one prefill and no decode.
+        #[arg(long, value_delimiter = ',', value_name = "TOKENS", conflicts_with = "quick")]
+        prefill: Vec<u32>,
+        /// Only these decode batch sizes (with --context).
+        #[arg(long, value_delimiter = ',', value_name = "SEQS", requires = "context", conflicts_with = "quick")]
+        batch: Vec<u32>,
+        /// Only these decode contexts (tokens; with --batch).
+        #[arg(long, value_delimiter = ',', value_name = "TOKENS", requires = "batch", conflicts_with = "quick")]
+        context: Vec<u32>,
         /// JSON output file.
         #[arg(long, default_value = "engine-bench.json")]
         out: PathBuf,
@@ -328,7 +339,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Engine(EngineCommand::Bench { model, backend, set, tp, quick, out }) => engine::bench(&model, &set, backend, tp, quick, &out),
+        Command::Engine(EngineCommand::Bench { model, backend, set, tp, quick, prefill, batch, context, out }) => {
+            let grid = if prefill.is_empty() && batch.is_empty() {
+                servetwin_engine::bench::default_grid(quick)
+            } else {
+                if let Some(bad) = prefill.iter().chain(&batch).chain(&context).find(|&&v| v == 0) {
+                    anyhow::bail!("--prefill, --batch and --context take positive integers, got {bad}");
+                }
+                (prefill, batch, context)
+            };
+            engine::bench(&model, &set, backend, tp, grid, &out)
+        }
         Command::Engine(EngineCommand::Allreduce { tp, model, set, out }) => engine::allreduce(&model, tp, &set, &out),
         Command::Engine(EngineCommand::Profile { scenario, model, backend, grid, set, out, quiet }) => {
             profile::run(profile::Args { scenario, model, backend, grid, set, out, quiet })

@@ -239,3 +239,41 @@ fn what_the_engine_cannot_run_is_refused_as_bad_input() {
         assert!(err.contains(key), "{sets:?} should name {key}: {err}");
     }
 }
+
+/// `engine bench --prefill/--batch/--context` times exactly the shapes it
+/// names, on a small custom model on the CPU; bad lists are refused.
+#[test]
+fn bench_times_exactly_the_shapes_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("bench.json");
+    let model = [
+        "model.num_layers=1", "model.hidden_size=64", "model.intermediate_size=128", "model.num_attention_heads=4",
+        "model.num_key_value_heads=2", "model.head_dim=16", "model.vocab_size=256", "model.max_position_embeddings=512", "model.tie_word_embeddings=false",
+    ];
+    let mut args = vec!["engine", "bench", "--model", "custom", "--backend", "cpu", "--out", out.to_str().unwrap()];
+    for s in &model {
+        args.extend(["--set", s]);
+    }
+    let mut named = args.clone();
+    named.extend(["--prefill", "16,48", "--batch", "3", "--context", "40"]);
+    ok(&named);
+    let cases: Vec<(String, u64, u64, u64)> = json(&out)["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let n = |k: &str| c[k].as_u64().unwrap();
+            (c["kind"].as_str().unwrap().to_string(), n("batch"), n("new_tokens"), n("context"))
+        })
+        .collect();
+    let want = [("prefill", 1, 16, 0), ("prefill", 1, 48, 0), ("decode", 3, 1, 40)];
+    assert_eq!(cases, want.map(|(k, b, t, c)| (k.to_string(), b, t, c)));
+
+    for bad in [&["--prefill", "0"][..], &["--batch", "4"], &["--prefill", "x"], &["--quick", "--prefill", "8"]] {
+        let mut a = args.clone();
+        a.extend(bad);
+        let o = servetwin(&a);
+        assert!(!o.status.success(), "{bad:?} was accepted");
+        assert!(!String::from_utf8_lossy(&o.stderr).contains("panicked"), "{bad:?} panicked");
+    }
+}

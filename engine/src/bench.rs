@@ -98,9 +98,12 @@ pub fn time_batch(
     Ok((times[times.len() / 2], times[0]))
 }
 
+/// What a bench times: prefill lengths; decode batch sizes × contexts.
+pub type Grid = (Vec<u32>, Vec<u32>, Vec<u32>);
+
 /// The default grid: prefills of 128…8192 tokens; decodes of batch 1…256
 /// over contexts 512…8192 where the pool holds them.
-pub fn default_grid(quick: bool) -> (Vec<u32>, Vec<u32>, Vec<u32>) {
+pub fn default_grid(quick: bool) -> Grid {
     if quick {
         (vec![128, 512], vec![1, 4], vec![128, 512])
     } else {
@@ -115,7 +118,7 @@ pub fn run(
     runner: &mut impl Runner,
     num_blocks: u32,
     block_size: u32,
-    grid: (Vec<u32>, Vec<u32>, Vec<u32>),
+    grid: Grid,
     ceilings: Option<Ceilings>,
     mut progress: impl FnMut(&Case),
 ) -> Result<(Vec<Case>, u32)> {
