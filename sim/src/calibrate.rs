@@ -64,6 +64,8 @@ fn fit_tile(rows: &[ProfileRow], model: &ModelConfig, gpu: &GpuConfig, base: &Co
             attention_efficiency: e(x[1]),
             memory_efficiency: e(x[2]),
             step_overhead_us: 0.0,
+            step_overhead_per_seq_us: 0.0,
+            eager_overhead_us: 0.0,
             ..base.clone()
         }
     };

@@ -33,6 +33,24 @@ pub struct CostSpec {
     /// Fixed host-side cost of one iteration (scheduling, input preparation,
     /// sampling, launch). An assumption until calibrated from engine runs.
     pub step_overhead_us: f64,
+    /// Host-side cost per sequence in a step (input preparation, sampling,
+    /// output processing grow with the batch; vLLM's and SGLang's CPU time
+    /// per step does). 0 until fitted (`servetwin bench fit`).
+    pub step_overhead_per_seq_us: f64,
+    /// Extra cost of a step that runs eagerly instead of replaying a CUDA
+    /// graph (one kernel launch per op of every layer instead of one graph
+    /// launch): any step with prefill tokens, or a decode step of more
+    /// sequences than `cuda_graph_max_batch`. 0 until fitted.
+    pub eager_overhead_us: f64,
+    /// Largest decode batch the stack captured a CUDA graph for (0: none,
+    /// every step is eager). A stack preset sets its documented default.
+    pub cuda_graph_max_batch: u32,
+    /// Fraction of the fp8 (or int8, fp4) peak the linear layers' GEMMs reach
+    /// when they run in that precision; absent: `gemm_efficiency`. Fitted by
+    /// `servetwin bench fit` (fp8 kernels reach a smaller share of their
+    /// doubled peak than bf16 kernels of theirs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fp8_gemm_efficiency: Option<f64>,
     /// Fixed cost of one tensor-parallel all-reduce (launch and
     /// synchronisation; NCCL's small-message latency on NVLink is ~10 µs).
     /// An assumption until calibrated.
@@ -81,6 +99,10 @@ impl Default for CostSpec {
             attention_efficiency: 0.4,
             memory_efficiency: 0.9,
             step_overhead_us: 500.0,
+            step_overhead_per_seq_us: 0.0,
+            eager_overhead_us: 0.0,
+            cuda_graph_max_batch: 0,
+            fp8_gemm_efficiency: None,
             allreduce_latency_us: 10.0,
             link_efficiency: 1.0,
             dequant_overhead: 0.15,
@@ -99,6 +121,7 @@ impl CostSpec {
             ("attention_efficiency", self.attention_efficiency),
             ("memory_efficiency", self.memory_efficiency),
             ("link_efficiency", self.link_efficiency),
+            ("fp8_gemm_efficiency", self.fp8_gemm_efficiency.unwrap_or(self.gemm_efficiency)),
         ] {
             if !(v > 0.0 && v <= 1.0) {
                 return Err((format!("cost.{key}"), format!("a fraction in (0, 1], got {v}")));
@@ -114,7 +137,12 @@ impl CostSpec {
             return Err(("cost.gemm_token_tile".into(), format!("a number of tokens in [1, 4096], got {}", self.gemm_token_tile)));
         }
         // Bounded (a second) so simulated time stays far from overflow.
-        for (key, v) in [("step_overhead_us", self.step_overhead_us), ("allreduce_latency_us", self.allreduce_latency_us)] {
+        for (key, v) in [
+            ("step_overhead_us", self.step_overhead_us),
+            ("step_overhead_per_seq_us", self.step_overhead_per_seq_us),
+            ("eager_overhead_us", self.eager_overhead_us),
+            ("allreduce_latency_us", self.allreduce_latency_us),
+        ] {
             if !(0.0..=1e6).contains(&v) {
                 return Err((format!("cost.{key}"), format!("a number of microseconds in [0, 1e6], got {v}")));
             }
@@ -238,6 +266,9 @@ pub struct Roofline {
     bytes_per_s: f64,
     attn_flops_per_s: f64,
     overhead_s: f64,
+    overhead_per_seq_s: f64,
+    eager_s: f64,
+    graph_max_batch: f64,
     /// Seconds to move one token's KV over the host link.
     swap_s_per_token: f64,
     // Per-layer constants, derived once.
@@ -313,12 +344,19 @@ impl Roofline {
             window: model.sliding_window.map_or(f64::INFINITY, |w| w as f64),
             dense_layers: layers - model.moe_layers() as f64,
             moe_layers: model.moe_layers() as f64,
-            flops_per_s: peak * spec.gemm_efficiency,
+            flops_per_s: peak * if model.gemm_math() == MathDtype::Bf16 || weight_only {
+                spec.gemm_efficiency
+            } else {
+                spec.fp8_gemm_efficiency.unwrap_or(spec.gemm_efficiency)
+            },
             token_tile: spec.gemm_token_tile.max(1) as f64,
             bf16_flops_per_s: gpu.bf16_flops_per_s * spec.gemm_efficiency,
             bytes_per_s: gpu.mem_bandwidth_bytes_per_s * spec.memory_efficiency,
             attn_flops_per_s: gpu.bf16_flops_per_s * spec.attention_efficiency,
             overhead_s: spec.step_overhead_us * 1e-6,
+            overhead_per_seq_s: spec.step_overhead_per_seq_us * 1e-6,
+            eager_s: spec.eager_overhead_us * 1e-6,
+            graph_max_batch: spec.cuda_graph_max_batch as f64,
             swap_s_per_token: model.kv_bytes_per_token() as f64 / gpu.host_link_bytes_per_s,
             hidden: model.hidden_size as f64,
             heads: model.num_attention_heads as f64,
@@ -355,6 +393,14 @@ impl Roofline {
             micro_batches: layout.micro_batches.max(1) as f64,
             stage_link_s_per_byte: 1.0 / stage_link,
         }
+    }
+
+    /// The serving stack's host-side time of a step: fixed, per sequence,
+    /// and the eager launches of a step no CUDA graph covers.
+    fn host_overhead_s(&self, s: &BatchShape) -> f64 {
+        let seqs = (s.prefill_seqs + s.decode_seqs) as f64;
+        let graphed = s.prefill_tokens == 0 && seqs <= self.graph_max_batch;
+        self.overhead_s + seqs * self.overhead_per_seq_s + if graphed { 0.0 } else { self.eager_s }
     }
 
     /// Adds an op's work to the step's.
@@ -598,7 +644,7 @@ impl CostModel for Roofline {
             for x in op_s.iter_mut() {
                 *x *= slots;
             }
-            op_s[7] = self.overhead_s;
+            op_s[7] = self.host_overhead_s(s);
         }
         // vLLM v0 swaps blocks before the forward pass, on the same stream.
         op_s[8] = s.swap_tokens as f64 * self.swap_s_per_token;
@@ -708,6 +754,42 @@ mod tests {
     }
 
     #[test]
+    fn host_overhead_grows_with_the_batch_and_eager_steps_pay_their_launches() {
+        let spec = CostSpec {
+            step_overhead_us: 100.0,
+            step_overhead_per_seq_us: 10.0,
+            eager_overhead_us: 1000.0,
+            cuda_graph_max_batch: 8,
+            ..Default::default()
+        };
+        let (r, _, _) = roofline(&spec);
+        let over = |items: &[(u32, u32)]| r.step_cost(&plan(items)).op_s[7] * 1e6;
+        let decode = |n: usize| vec![(1, 500); n];
+        assert!((over(&decode(4)) - 140.0).abs() < 1e-6, "graphed decode: fixed + 4 × per seq");
+        assert!((over(&decode(9)) - 1190.0).abs() < 1e-6, "a batch past the largest graph runs eagerly");
+        assert!((over(&[(512, 0), (1, 500)]) - 1120.0).abs() < 1e-6, "a step with prefill runs eagerly");
+    }
+
+    #[test]
+    fn fp8_gemm_efficiency_scales_only_fp8_gemms() {
+        let m = model("llama-3.1-8b", |s| {
+            s.weight_dtype = Some(crate::model::Precision::Fp8);
+            s.activation_dtype = Some(crate::model::Precision::Fp8);
+        });
+        let g = gpu("h100-sxm");
+        let t = |e: Option<f64>| {
+            let spec = CostSpec { fp8_gemm_efficiency: e, step_overhead_us: 0.0, ..Default::default() };
+            Roofline::new(&m, &g, &spec).step_cost(&plan(&[(4096, 0)])).op_s[4]
+        };
+        let (same, half) = (t(None), t(Some(0.35)));
+        // The GEMMs take twice as long; the SwiGLU's elementwise pass does not.
+        assert!(half / same > 1.85 && half / same <= 2.0, "compute-bound fp8 MLP at half the efficiency: {same} → {half}");
+        let bf16 = Roofline::new(&model("llama-3.1-8b", |_| {}), &g, &CostSpec { fp8_gemm_efficiency: Some(0.1), ..Default::default() });
+        let bf16_base = Roofline::new(&model("llama-3.1-8b", |_| {}), &g, &CostSpec::default());
+        assert_eq!(bf16.step_cost(&plan(&[(4096, 0)])).op_s[4], bf16_base.step_cost(&plan(&[(4096, 0)])).op_s[4]);
+    }
+
+    #[test]
     fn bad_efficiency_is_rejected() {
         let spec = CostSpec { memory_efficiency: 1.5, ..Default::default() };
         assert_eq!(spec.validate().unwrap_err().0, "cost.memory_efficiency");
@@ -760,6 +842,10 @@ mod tests {
         attention_efficiency: 0.4,
         memory_efficiency: 0.9,
         step_overhead_us: 0.0,
+        step_overhead_per_seq_us: 0.0,
+        eager_overhead_us: 0.0,
+        cuda_graph_max_batch: 0,
+        fp8_gemm_efficiency: None,
         allreduce_latency_us: 10.0,
         link_efficiency: 1.0,
         dequant_overhead: 0.15,

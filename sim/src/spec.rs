@@ -293,7 +293,8 @@ impl Speculation {
         // The step's host overhead is counted once, in the target's step;
         // draft forwards run back to back on the device (vLLM's multi-step
         // draft worker), so their own overhead is taken as 0.
-        let no_overhead = CostSpec { step_overhead_us: 0.0, ..cost.clone() };
+        let no_overhead =
+            CostSpec { step_overhead_us: 0.0, step_overhead_per_seq_us: 0.0, eager_overhead_us: 0.0, ..cost.clone() };
         let drafter = match self.method {
             Method::Draft => {
                 let draft = self.draft_model.as_ref().expect("resolved");
