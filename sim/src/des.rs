@@ -96,6 +96,9 @@ pub struct Simulation<E: Executor> {
     /// The workload has conversations: departures go back to it.
     conversations: bool,
     departures: Vec<Departure>,
+    /// `stack.frontend_ms`: a request reaches the scheduler this long after
+    /// the client sent it (its arrival time, from which TTFT counts).
+    frontend_ns: u64,
 }
 
 impl<E: Executor> Simulation<E> {
@@ -118,6 +121,7 @@ impl<E: Executor> Simulation<E> {
             .collect();
         let conversations = workload.has_conversations();
         let mut metrics = Metrics::new(s.slo.clone());
+        metrics.set_warmup(s.workload.warmup_requests);
         if conversations {
             metrics.log_departures();
         }
@@ -141,6 +145,7 @@ impl<E: Executor> Simulation<E> {
             departed: 0,
             conversations,
             departures: Vec::new(),
+            frontend_ns: (s.stack.frontend_ms * 1e6).round() as u64,
         })
     }
 
@@ -172,7 +177,7 @@ impl<E: Executor> Simulation<E> {
             if let Some(t) = at_ns {
                 r.arrival_ns = t;
             }
-            self.push(r.arrival_ns, What::Arrival { req: r, follow_up: false });
+            self.push(r.arrival_ns + self.frontend_ns, What::Arrival { req: r, follow_up: false });
         }
         Ok(())
     }
@@ -276,7 +281,7 @@ impl<E: Executor> Simulation<E> {
                 // A failed turn ends its conversation: report no answer.
                 let generated = if d.status == Status::Completed { d.generated_tokens } else { 0 };
                 if let Some(next) = self.workload.on_finished(d.id, d.finish_ns, generated)? {
-                    self.push(next.arrival_ns, What::Arrival { req: next, follow_up: true });
+                    self.push(next.arrival_ns + self.frontend_ns, What::Arrival { req: next, follow_up: true });
                     continued += 1;
                 }
             }

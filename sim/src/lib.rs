@@ -19,5 +19,6 @@ pub mod router;
 pub mod scenario;
 pub mod sched;
 pub mod spec;
+pub mod stack;
 pub mod step;
 pub mod workload;

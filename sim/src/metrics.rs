@@ -263,6 +263,13 @@ pub struct Metrics {
     steps_out: Option<csv::Writer<Box<dyn std::io::Write>>>,
     /// Departures not yet taken by the driver, when it asked for them.
     departures: Option<Vec<Departure>>,
+    /// Requests with an id below this are warm-up: they leave the system
+    /// like any other but stay out of every figure (and requests.csv).
+    warmup_below: u64,
+    warmup_done: u64,
+    /// The earliest arrival of a counted request: a warmed-up run's figures
+    /// per second are over the time from it.
+    counted_since_ns: u64,
 }
 
 /// A request leaving the system, for drivers whose workload reacts to it
@@ -313,7 +320,15 @@ impl Metrics {
             requests_out: None,
             steps_out: None,
             departures: None,
+            warmup_below: 0,
+            warmup_done: 0,
+            counted_since_ns: u64::MAX,
         }
+    }
+
+    /// The first `n` requests (by id) warm up: leave them out of the figures.
+    pub fn set_warmup(&mut self, n: u64) {
+        self.warmup_below = n;
     }
 
     /// Keeps a log of departures for `take_departures`.
@@ -414,6 +429,14 @@ impl Metrics {
     pub fn on_finish(&mut self, r: &RequestRecord) -> Result<(), csv::Error> {
         self.move_in_system(r.finish_ns, -1);
         self.end_ns = self.end_ns.max(r.finish_ns);
+        if let Some(d) = &mut self.departures {
+            d.push(Departure { id: r.id, finish_ns: r.finish_ns, generated_tokens: r.generated_tokens, status: r.status });
+        }
+        if r.id < self.warmup_below {
+            self.warmup_done += 1;
+            return Ok(());
+        }
+        self.counted_since_ns = self.counted_since_ns.min(r.arrival_ns);
         if r.status == Status::Completed {
             let (ttft, tpot, e2el) = (r.ttft_ns() as f64, r.tpot_ns(), r.e2el_ns() as f64);
             self.completed += 1;
@@ -429,9 +452,6 @@ impl Metrics {
         } else {
             *self.not_completed.entry((r.status, r.reason)).or_default() += 1;
         }
-        if let Some(d) = &mut self.departures {
-            d.push(Departure { id: r.id, finish_ns: r.finish_ns, generated_tokens: r.generated_tokens, status: r.status });
-        }
         if let Some(w) = &mut self.requests_out {
             w.serialize(CsvRequest::from(r))?;
         }
@@ -440,7 +460,7 @@ impl Metrics {
 
     /// Requests that have left the system, however they left.
     pub fn departed(&self) -> u64 {
-        self.completed + self.not_completed.values().sum::<u64>()
+        self.completed + self.not_completed.values().sum::<u64>() + self.warmup_done
     }
 
     /// Requests that arrived and have not left.
@@ -457,7 +477,8 @@ impl Metrics {
         for w in [&mut self.requests_out, &mut self.steps_out].into_iter().flatten() {
             w.flush()?;
         }
-        let dur_s = end as f64 / 1e9;
+        let since = if self.warmup_below > 0 && self.counted_since_ns < end { self.counted_since_ns } else { 0 };
+        let dur_s = (end - since) as f64 / 1e9;
         let per_s = |x: f64| if dur_s > 0.0 { x / dur_s } else { 0.0 };
         let busy = self.busy_ns.max(1) as f64;
         let mut rejected = 0;
@@ -492,6 +513,7 @@ impl Metrics {
         let e2el = self.e2el.stats();
         Ok(Summary {
             completed: self.completed,
+            warmup_requests: self.warmup_done,
             rejected,
             aborted,
             not_completed_reasons: reasons,
@@ -633,6 +655,9 @@ impl From<&RequestRecord> for CsvRequest {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Summary {
     pub completed: u64,
+    /// Warm-up requests run and left out of every other figure.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub warmup_requests: u64,
     pub rejected: u64,
     pub aborted: u64,
     pub not_completed_reasons: BTreeMap<String, u64>,
@@ -712,6 +737,10 @@ pub struct Summary {
     /// and the fitted roofline that costed the rest (set by the driver).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub profiled_cost: Option<crate::profile::Coverage>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

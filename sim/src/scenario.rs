@@ -44,6 +44,9 @@ pub struct Scenario {
     pub routing: RoutingSpec,
     #[serde(default)]
     pub slo: SloSpec,
+    /// The serving stack around the GPU: a preset and its frontend cost.
+    #[serde(default)]
+    pub stack: crate::stack::StackSpec,
     #[serde(default)]
     pub output: OutputSpec,
     /// Speculative decoding; absent: off.
@@ -155,6 +158,8 @@ pub struct Loaded {
     pub limits: Limits,
     /// The resolved `[speculative]` section, when there is one.
     pub speculation: Option<Speculation>,
+    /// The `[stack]` preset the scenario asked for, resolved.
+    pub preset: Option<crate::stack::Preset>,
 }
 
 /// Reads `path`, applies `overrides` (`a.b=value`, the value parsed as a TOML
@@ -177,6 +182,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
     for arg in overrides {
         apply_override(&mut doc, arg)?;
     }
+    let preset = apply_preset(&mut doc, &file, text)?;
     let text = doc.to_string();
     let de = toml::Deserializer::new(&text);
     let mut scenario: Scenario = serde_path_to_error::deserialize(de).map_err(|e| {
@@ -323,6 +329,7 @@ pub fn load_str(text: &str, path: &Path, overrides: &[String]) -> Result<Loaded,
         })?;
     let replicas = scenario.hardware.count / (tp * pp);
     Ok(Loaded {
+        preset,
         name: path.file_stem().map_or("scenario".into(), |s| s.to_string_lossy().into_owned()),
         path: path.into(),
         base_dir,
@@ -354,6 +361,7 @@ impl Scenario {
 }
 
 fn validate(s: &Scenario) -> Result<(), (String, String)> {
+    s.stack.validate()?;
     let p = &s.parallelism;
     for (key, v) in [("pp", p.pp), ("ep", p.ep), ("micro_batches", p.micro_batches.unwrap_or(1))] {
         if !(1..=MAX_GPUS).contains(&v) {
@@ -387,6 +395,20 @@ fn validate(s: &Scenario) -> Result<(), (String, String)> {
         other => ("workload".into(), other.to_string()),
     })?;
     Ok(())
+}
+
+/// Resolves `stack.preset` and fills in every key it sets that the document
+/// does not; the resolved name replaces the one asked for.
+fn apply_preset(doc: &mut toml_edit::DocumentMut, file: &Source<'_>, text: &str) -> Result<Option<crate::stack::Preset>, ScenarioError> {
+    let Some(item) = doc.get("stack").and_then(|s| s.get("preset")) else { return Ok(None) };
+    let at = file.at_key(text, "stack.preset");
+    let Some(asked) = item.as_str() else {
+        return Err(ScenarioError::Invalid { at, key: "stack.preset".into(), msg: format!("a preset name, one of {}", crate::stack::names()) });
+    };
+    let preset = crate::stack::resolve(asked).map_err(|e| ScenarioError::Invalid { at: at.clone(), key: "stack.preset".into(), msg: e.to_string() })?;
+    crate::stack::overlay(doc, &preset).map_err(|msg| ScenarioError::Invalid { at: at.clone(), key: "stack.preset".into(), msg })?;
+    doc["stack"]["preset"] = toml_edit::value(preset.name.clone());
+    Ok(Some(preset))
 }
 
 /// Sets `a.b.c = value` in the document, creating tables on the way.

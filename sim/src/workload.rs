@@ -110,6 +110,11 @@ pub struct WorkloadSpec {
     /// `Workload::open` treats None the same), so `Default` has Some(1000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub num_requests: Option<u64>,
+    /// The first this many requests warm the server up: they run, but the
+    /// summary leaves them out (genai-perf's / aiperf's
+    /// `--warmup-request-count`). Part of `num_requests`.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub warmup_requests: u64,
     pub concurrency: u32,
     pub think_time_ms: f64,
     pub cv: f64,
@@ -134,6 +139,7 @@ impl Default for WorkloadSpec {
             arrival: ArrivalKind::Poisson,
             rate_per_s: 10.0,
             num_requests: Some(DEFAULT_NUM_REQUESTS),
+            warmup_requests: 0,
             concurrency: 16,
             think_time_ms: 0.0,
             cv: 2.0,
@@ -448,6 +454,7 @@ impl WorkloadSpec {
         }
         if let Some(n) = self.num_requests {
             check(n >= 1, "workload.num_requests", n, "at least 1")?;
+            check(self.warmup_requests < n, "workload.warmup_requests", self.warmup_requests, "fewer than workload.num_requests")?;
         }
         if self.arrival == ClosedLoop {
             check(self.concurrency >= 1, "workload.concurrency", self.concurrency, "at least 1 user")?;
@@ -795,6 +802,10 @@ impl Workload {
     pub fn expected_total(&self) -> Option<u64> {
         self.limit
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 struct Synthetic {
