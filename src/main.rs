@@ -13,6 +13,7 @@ use servetwin_sim::output::{open_run_dir, write_latency_cdf, write_summary};
 use servetwin_sim::scenario::{self, Loaded};
 use servetwin_sim::step::{Executor, ReplayExecutor};
 
+mod bench;
 mod calibrate;
 mod compare;
 mod engine;
@@ -46,6 +47,50 @@ struct RunArgs {
     /// Print nothing but errors.
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Read result files (vLLM bench serve JSON, SGLang bench_serving JSONL,
+    /// genai-perf / aiperf exports, the silicon CSV) into one CSV table.
+    Import {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// Write the table here instead of to stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Predict every row and print per-row and summary errors.
+    Check {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// A scenario key for every row (GPU, TP, stack when the file lacks them).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Write {"rows", "median_abs_err", "p90_abs_err", "n", "failed"} here.
+        #[arg(long)]
+        json: Option<PathBuf>,
+        /// Print every row, not only the summary.
+        #[arg(long)]
+        rows: bool,
+    },
+    /// Fit a preset's overhead parameters to the rows of its stack and write
+    /// the preset with them.
+    Fit {
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// The preset to fit (its rows are those whose backend resolves to it).
+        #[arg(long)]
+        preset: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// The preset file to write (e.g. sim/presets/vllm-0.12.toml).
+        #[arg(long)]
+        out: PathBuf,
+        /// How the calibration data is named in the preset (default: the files).
+        #[arg(long)]
+        data: Option<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -151,6 +196,9 @@ enum Command {
         #[arg(long)]
         allreduce: Option<PathBuf>,
     },
+    /// Measured serving benchmarks of real stacks (vLLM, SGLang, TensorRT-LLM).
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Simulated against measured: every metric's relative error and the
     /// per-step duration error of two run directories.
     Compare {
@@ -356,6 +404,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Calibrate { profile, scenario, set, out, allreduce } => {
             calibrate::run(&profile, scenario.as_deref(), &set, out, allreduce.as_deref())
+        }
+        Command::Bench(BenchCommand::Import { files, out }) => bench::import(&files, out.as_deref()),
+        Command::Bench(BenchCommand::Check { files, set, json, rows }) => bench::run_check(&files, set, json.as_deref(), rows),
+        Command::Bench(BenchCommand::Fit { files, preset, set, out, data }) => {
+            let data = data.unwrap_or_else(|| files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", "));
+            bench::run_fit(&files, &preset, set, &out, &data)
         }
         Command::Compare { sim_run, engine_run } => compare::compare(&sim_run, &engine_run),
         Command::Validate { dir, profile, check, json } => compare::validate(&dir, profile.as_deref(), check, json),

@@ -203,9 +203,9 @@ impl<E: Executor> Simulation<E> {
     pub fn run_paced(&mut self, mut progress: impl FnMut(u64), mut pace: impl FnMut(u64)) -> Result<Summary, SimError> {
         match self.mode {
             ArrivalMode::Open => self.release_next(None)?,
-            ArrivalMode::ClosedLoop { concurrency, .. } => {
-                for _ in 0..concurrency {
-                    self.release_next(Some(0))?;
+            ArrivalMode::ClosedLoop { concurrency, ramp_up_ns, .. } => {
+                for i in 0..concurrency as u64 {
+                    self.release_next(Some(ramp_up_ns * i / concurrency.max(1) as u64))?;
                 }
             }
         }

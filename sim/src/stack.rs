@@ -114,6 +114,11 @@ fn version_key(v: &[u32]) -> f64 {
     v.iter().take(3).enumerate().map(|(i, &x)| x as f64 * 1e-3f64.powi(i as i32)).sum()
 }
 
+/// A shipped preset's file text (empty for an unknown name).
+pub fn text(name: &str) -> &'static str {
+    PRESETS.iter().find(|(n, _)| *n == name).map_or("", |(_, t)| t)
+}
+
 /// Every shipped preset's name.
 pub fn names() -> String {
     PRESETS.iter().map(|(n, _)| *n).collect::<Vec<_>>().join(", ")

@@ -116,6 +116,11 @@ pub struct WorkloadSpec {
     #[serde(skip_serializing_if = "is_zero")]
     pub warmup_requests: u64,
     pub concurrency: u32,
+    /// Closed loop: user i of N sends its first request at i/N of this, so
+    /// users start out of step, as a client's users are once their
+    /// requests have drifted apart (0: all at once).
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub ramp_up_ms: f64,
     pub think_time_ms: f64,
     pub cv: f64,
     pub input_tokens: LengthSpec,
@@ -141,6 +146,7 @@ impl Default for WorkloadSpec {
             num_requests: Some(DEFAULT_NUM_REQUESTS),
             warmup_requests: 0,
             concurrency: 16,
+            ramp_up_ms: 0.0,
             think_time_ms: 0.0,
             cv: 2.0,
             input_tokens: LengthSpec::LogNormal { mean: SHAREGPT_MEAN_INPUT_TOKENS, sigma: SHAREGPT_SIGMA },
@@ -370,7 +376,7 @@ pub struct Request {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArrivalMode {
     Open,
-    ClosedLoop { concurrency: u32, think_time_ns: u64 },
+    ClosedLoop { concurrency: u32, think_time_ns: u64, ramp_up_ns: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -617,6 +623,7 @@ impl Workload {
             ArrivalKind::ClosedLoop => ArrivalMode::ClosedLoop {
                 concurrency: spec.concurrency,
                 think_time_ns: (spec.think_time_ms * 1e6).round() as u64,
+                ramp_up_ns: (spec.ramp_up_ms * 1e6).round() as u64,
             },
             _ => ArrivalMode::Open,
         };
@@ -806,6 +813,10 @@ impl Workload {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_zero_f64(x: &f64) -> bool {
+    *x == 0.0
 }
 
 struct Synthetic {

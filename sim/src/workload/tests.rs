@@ -105,7 +105,7 @@ fn offline_and_closed_loop_release_at_zero() {
     assert!(std::iter::from_fn(|| w.next_request().unwrap()).all(|r| r.arrival_ns == 0));
     let s = spec("arrival = \"closed_loop\"\nconcurrency = 4\nthink_time_ms = 1.5\nnum_requests = 10");
     let w = Workload::open(&s, 0, 4096, Path::new("/")).unwrap();
-    assert_eq!(w.mode(), ArrivalMode::ClosedLoop { concurrency: 4, think_time_ns: 1_500_000 });
+    assert_eq!(w.mode(), ArrivalMode::ClosedLoop { concurrency: 4, think_time_ns: 1_500_000, ramp_up_ns: 0 });
     assert!(all(&s, 0, 4096).iter().all(|r| r.arrival_ns == 0));
 }
 
