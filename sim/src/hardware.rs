@@ -24,6 +24,10 @@ pub struct HardwareSpec {
     /// Dense int8 tensor-core peak (TOPS); absent on a GPU without them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub int8_tops: Option<f64>,
+    /// Dense fp4 (NVFP4/MXFP4) tensor-core peak; absent before Blackwell /
+    /// CDNA 4. Used when weights and activations are both fp4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fp4_tflops: Option<f64>,
     /// Host link (PCIe) bandwidth per direction, for KV swapping.
     pub host_link_gb_per_s: Option<f64>,
     /// GPU-to-GPU bandwidth per direction (NVLink, else PCIe), for tensor
@@ -53,6 +57,7 @@ impl Default for HardwareSpec {
             bf16_tflops: None,
             fp8_tflops: None,
             int8_tops: None,
+            fp4_tflops: None,
             host_link_gb_per_s: None,
             interconnect_gb_per_s: None,
             topology: None,
@@ -98,6 +103,8 @@ pub enum MathDtype {
     Bf16,
     Fp8,
     Int8,
+    /// NVFP4 / MXFP4 block-scaled 4-bit floats (Blackwell, CDNA 4).
+    Fp4,
 }
 
 /// One GPU's figures in base units.
@@ -114,6 +121,8 @@ pub struct GpuConfig {
     pub fp8_flops_per_s: Option<f64>,
     /// Dense int8 peak (ops/s); `None` where unsupported.
     pub int8_ops_per_s: Option<f64>,
+    /// Dense fp4 peak; `None` where unsupported (Hopper, Ampere, Ada, CDNA 3).
+    pub fp4_flops_per_s: Option<f64>,
     pub topology: Topology,
     pub gpus_per_node: u32,
     /// Per GPU, per direction, between nodes.
@@ -157,6 +166,7 @@ struct Entry {
     bf16_tflops: f64,
     fp8_tflops: Option<f64>,
     int8_tops: Option<f64>,
+    fp4_tflops: Option<f64>,
     host_link_gb_per_s: f64,
     interconnect_gb_per_s: f64,
     topology: Topology,
@@ -165,12 +175,12 @@ struct Entry {
     price_usd_per_gpu_hour: f64,
 }
 
-const CATALOG_NAMES: &str = "h100-sxm, h100-pcie, h200, b200, a100-80gb-sxm, a100-40gb-sxm, l40s, mi300x";
+const CATALOG_NAMES: &str = "h100-sxm, h100-pcie, h200, b200, a100-80gb-sxm, a100-40gb-sxm, l40s, mi300x, gb200, b300, h20, l4, mi325x, mi355x";
 
 /// Prices are assumptions: representative 2025 on-demand cloud rates per
 /// GPU (they vary by provider, region and commitment by 2× or more) — set
 /// `hardware.price_usd_per_gpu_hour` to a real quote.
-const CATALOG: [Entry; 8] = [
+const CATALOG: [Entry; 14] = [
     Entry {
         name: "h100-sxm",
         // NVIDIA H100 Tensor Core GPU datasheet (SXM): 80 GB HBM3, 3.35 TB/s;
@@ -181,6 +191,7 @@ const CATALOG: [Entry; 8] = [
         bf16_tflops: 989.4,
         fp8_tflops: Some(1978.9),
         int8_tops: Some(1978.9),
+        fp4_tflops: None,
         host_link_gb_per_s: 64.0,
         interconnect_gb_per_s: 450.0,
         topology: Topology::Switch,
@@ -199,6 +210,7 @@ const CATALOG: [Entry; 8] = [
         bf16_tflops: 756.5,
         fp8_tflops: Some(1513.0),
         int8_tops: Some(1513.0),
+        fp4_tflops: None,
         host_link_gb_per_s: 64.0,
         interconnect_gb_per_s: 300.0,
         topology: Topology::Pairs,
@@ -216,6 +228,7 @@ const CATALOG: [Entry; 8] = [
         bf16_tflops: 989.4,
         fp8_tflops: Some(1978.9),
         int8_tops: Some(1978.9),
+        fp4_tflops: None,
         host_link_gb_per_s: 64.0,
         interconnect_gb_per_s: 450.0,
         topology: Topology::Switch,
@@ -236,6 +249,8 @@ const CATALOG: [Entry; 8] = [
         bf16_tflops: 2250.0,
         fp8_tflops: Some(4500.0),
         int8_tops: Some(4500.0),
+        // Blackwell datasheet: fp4 18 PFLOPS with sparsity.
+        fp4_tflops: Some(9000.0),
         host_link_gb_per_s: 64.0,
         interconnect_gb_per_s: 900.0,
         topology: Topology::Switch,
@@ -253,6 +268,7 @@ const CATALOG: [Entry; 8] = [
         bf16_tflops: 312.0,
         fp8_tflops: None,
         int8_tops: Some(624.0),
+        fp4_tflops: None,
         host_link_gb_per_s: 32.0,
         interconnect_gb_per_s: 300.0,
         topology: Topology::Switch,
@@ -270,6 +286,7 @@ const CATALOG: [Entry; 8] = [
         bf16_tflops: 312.0,
         fp8_tflops: None,
         int8_tops: Some(624.0),
+        fp4_tflops: None,
         host_link_gb_per_s: 32.0,
         interconnect_gb_per_s: 300.0,
         topology: Topology::Switch,
@@ -287,6 +304,7 @@ const CATALOG: [Entry; 8] = [
         bf16_tflops: 362.05,
         fp8_tflops: Some(733.0),
         int8_tops: Some(733.0),
+        fp4_tflops: None,
         host_link_gb_per_s: 32.0,
         interconnect_gb_per_s: 32.0,
         topology: Topology::Pcie,
@@ -306,6 +324,7 @@ const CATALOG: [Entry; 8] = [
         bf16_tflops: 1307.4,
         fp8_tflops: Some(2614.9),
         int8_tops: Some(2614.9),
+        fp4_tflops: None,
         host_link_gb_per_s: 64.0,
         interconnect_gb_per_s: 448.0,
         topology: Topology::Mesh,
@@ -314,7 +333,143 @@ const CATALOG: [Entry; 8] = [
         network_gb_per_s: 50.0,
         price_usd_per_gpu_hour: 2.00, // assumption
     },
+    Entry {
+        name: "gb200",
+        // One GPU of a GB200 NVL72 (NVIDIA GB200 NVL72 datasheet: 72 GPUs,
+        // 13.4 TB HBM3e (186 GB a GPU, as MLPerf's GB200-186GB systems list),
+        // 576 TB/s, fp4 1,440 / fp8 720 / int8 720 / bf16 360 PFLOPS with
+        // sparsity, NVLink 5 130 TB/s over one 72-GPU switched domain);
+        // host link: NVLink-C2C 900 GB/s per Grace, shared by its two GPUs
+        // (225 GB/s a GPU a direction); 72 ConnectX-7 400 Gb/s NICs.
+        memory_gb: 186.0,
+        bandwidth_gb_per_s: 8000.0,
+        bf16_tflops: 2500.0,
+        fp8_tflops: Some(5000.0),
+        int8_tops: Some(5000.0),
+        fp4_tflops: Some(10000.0),
+        host_link_gb_per_s: 225.0,
+        interconnect_gb_per_s: 900.0,
+        topology: Topology::Switch,
+        gpus_per_node: 72,
+        network_gb_per_s: 50.0,
+        price_usd_per_gpu_hour: 6.00, // assumption
+    },
+    Entry {
+        name: "b300",
+        // NVIDIA HGX B300 (Blackwell Ultra) datasheet, over 8 GPUs: fp4 144 /
+        // 108 PFLOPS (sparse / dense), fp8 72, bf16 36 PFLOPS and int8 2
+        // POPS with sparsity, up to 2.3 TB HBM3e (288 GB a GPU, 8 TB/s),
+        // NVLink 5 1.8 TB/s a GPU, 1.6 TB/s networking (ConnectX-8 800 Gb/s
+        // a GPU); host link PCIe Gen6 x16 (128 GB/s a direction).
+        memory_gb: 288.0,
+        bandwidth_gb_per_s: 8000.0,
+        bf16_tflops: 2250.0,
+        fp8_tflops: Some(4500.0),
+        int8_tops: Some(125.0),
+        fp4_tflops: Some(13500.0),
+        host_link_gb_per_s: 128.0,
+        interconnect_gb_per_s: 900.0,
+        topology: Topology::Switch,
+        gpus_per_node: 8,
+        network_gb_per_s: 100.0,
+        price_usd_per_gpu_hour: 7.00, // assumption
+    },
+    Entry {
+        name: "h20",
+        // NVIDIA H20 (HGX H20) product specification: 96 GB HBM3, 4.0 TB/s;
+        // fp8 296 / bf16 148 TFLOPS, int8 296 TOPS dense; NVLink 4 900 GB/s
+        // through NVSwitch (8 GPUs); PCIe Gen5 x16. NIC an assumption (400
+        // Gb/s a GPU, as HGX H100).
+        memory_gb: 96.0,
+        bandwidth_gb_per_s: 4000.0,
+        bf16_tflops: 148.0,
+        fp8_tflops: Some(296.0),
+        int8_tops: Some(296.0),
+        fp4_tflops: None,
+        host_link_gb_per_s: 64.0,
+        interconnect_gb_per_s: 450.0,
+        topology: Topology::Switch,
+        gpus_per_node: 8,
+        network_gb_per_s: 50.0,
+        price_usd_per_gpu_hour: 1.50, // assumption
+    },
+    Entry {
+        name: "l4",
+        // NVIDIA L4 datasheet: 24 GB GDDR6, 300 GB/s; fp8 485 / bf16 242 /
+        // int8 485 with sparsity; PCIe Gen4 x16 64 GB/s; no NVLink. Node and
+        // NIC an assumption (8 cards, 100 Gb/s a card).
+        memory_gb: 24.0,
+        bandwidth_gb_per_s: 300.0,
+        bf16_tflops: 121.0,
+        fp8_tflops: Some(242.5),
+        int8_tops: Some(242.5),
+        fp4_tflops: None,
+        host_link_gb_per_s: 32.0,
+        interconnect_gb_per_s: 32.0,
+        topology: Topology::Pcie,
+        gpus_per_node: 8,
+        network_gb_per_s: 12.5,
+        price_usd_per_gpu_hour: 0.80, // assumption
+    },
+    Entry {
+        name: "mi325x",
+        // AMD Instinct MI325X datasheet: 256 GB HBM3E, 6 TB/s; MI300X's
+        // compute (bf16 1,307.4 / fp8 2,614.9 / int8 2,614.9 dense); PCIe
+        // Gen5 x16; 7 Infinity Fabric links of 128 GB/s, fully connected
+        // 8-GPU platform. NIC an assumption.
+        memory_gb: 256.0,
+        bandwidth_gb_per_s: 6000.0,
+        bf16_tflops: 1307.4,
+        fp8_tflops: Some(2614.9),
+        int8_tops: Some(2614.9),
+        fp4_tflops: None,
+        host_link_gb_per_s: 64.0,
+        interconnect_gb_per_s: 448.0,
+        topology: Topology::Mesh,
+        gpus_per_node: 8,
+        network_gb_per_s: 50.0,
+        price_usd_per_gpu_hour: 2.50, // assumption
+    },
+    Entry {
+        name: "mi355x",
+        // AMD Instinct MI355X datasheet (CDNA 4): 288 GB HBM3E, 8 TB/s; 256
+        // CUs × 8,192 fp8 FLOP/clock × 2.4 GHz = 5,033.2 TFLOPS fp8 dense
+        // (AMD: 5 PF), bf16 half that, MXFP4/MXFP6 twice, int8 as fp8; PCIe
+        // Gen5 x16; 7 Infinity Fabric links of 153.6 GB/s (1,075.2 GB/s),
+        // fully connected 8-GPU platform. NIC an assumption.
+        memory_gb: 288.0,
+        bandwidth_gb_per_s: 8000.0,
+        bf16_tflops: 2516.6,
+        fp8_tflops: Some(5033.2),
+        int8_tops: Some(5033.2),
+        fp4_tflops: Some(10066.3),
+        host_link_gb_per_s: 64.0,
+        interconnect_gb_per_s: 537.6,
+        topology: Topology::Mesh,
+        gpus_per_node: 8,
+        network_gb_per_s: 50.0,
+        price_usd_per_gpu_hour: 3.00, // assumption
+    },
 ];
+
+/// Canonical catalog name of `gpu`: a catalog name, or an alias the
+/// benchmark files use (`h100_sxm`, `h200_sxm`, `H100`, `h200`, …),
+/// case-insensitive, `_` read as `-`. `None` outside the catalog.
+pub fn resolve_gpu_name(gpu: &str) -> Option<&'static str> {
+    let g = gpu.trim().to_ascii_lowercase().replace('_', "-");
+    let g = g.strip_prefix("nvidia-").or(g.strip_prefix("amd-")).unwrap_or(&g).to_string();
+    let alias = match g.as_str() {
+        "h100" | "h100-sxm5" | "h100-80gb" | "h100-sxm-80gb" => "h100-sxm",
+        "h200-sxm" | "h200-141gb" | "h200-sxm-141gb" => "h200",
+        "b200-sxm" | "hgx-b200" => "b200",
+        "hgx-b300" | "b300-sxm" | "blackwell-ultra" => "b300",
+        "gb200-nvl72" => "gb200",
+        "a100" | "a100-sxm" | "a100-80gb" => "a100-80gb-sxm",
+        "a100-40gb" => "a100-40gb-sxm",
+        other => other,
+    };
+    CATALOG.iter().map(|e| e.name).find(|n| *n == alias)
+}
 
 /// What a custom GPU gets when a figure it needs only for one feature is
 /// left out: PCIe Gen5 x16 (64 GB/s a direction) for the host link and
@@ -329,7 +484,8 @@ impl GpuConfig {
         if spec.count == 0 || spec.count > MAX_GPUS {
             return Err(HardwareError::BadCount(spec.count));
         }
-        let base = CATALOG.iter().find(|e| e.name == spec.gpu);
+        let canonical = resolve_gpu_name(&spec.gpu);
+        let base = canonical.and_then(|n| CATALOG.iter().find(|e| e.name == n));
         if base.is_none() && spec.gpu != "custom" {
             return Err(HardwareError::Unknown(spec.gpu.clone()));
         }
@@ -357,12 +513,13 @@ impl GpuConfig {
             check(key, over.or(base.map(from)).unwrap_or(default), 1e6)
         };
         Ok(GpuConfig {
-            name: spec.gpu.clone(),
+            name: canonical.map_or(spec.gpu.clone(), str::to_string),
             memory_bytes: (pick(spec.memory_gb, |e| e.memory_gb, "memory_gb", 1e5)? * 1e9) as u64,
             mem_bandwidth_bytes_per_s: pick(spec.mem_bandwidth_gb_per_s, |e| e.bandwidth_gb_per_s, "mem_bandwidth_gb_per_s", 1e6)? * 1e9,
             bf16_flops_per_s: pick(spec.bf16_tflops, |e| e.bf16_tflops, "bf16_tflops", 1e6)? * 1e12,
             fp8_flops_per_s: optional(spec.fp8_tflops, |e| e.fp8_tflops, "fp8_tflops")?.map(|v| v * 1e12),
             int8_ops_per_s: optional(spec.int8_tops, |e| e.int8_tops, "int8_tops")?.map(|v| v * 1e12),
+            fp4_flops_per_s: optional(spec.fp4_tflops, |e| e.fp4_tflops, "fp4_tflops")?.map(|v| v * 1e12),
             host_link_bytes_per_s: or_default(spec.host_link_gb_per_s, |e| e.host_link_gb_per_s, CUSTOM_LINK_GB_PER_S, "host_link_gb_per_s")?
                 * 1e9,
             interconnect_bytes_per_s: or_default(spec.interconnect_gb_per_s, |e| e.interconnect_gb_per_s, CUSTOM_LINK_GB_PER_S, "interconnect_gb_per_s")?
@@ -385,6 +542,7 @@ impl GpuConfig {
             bf16_tflops: Some(self.bf16_flops_per_s / 1e12),
             fp8_tflops: self.fp8_flops_per_s.map(|v| v / 1e12),
             int8_tops: self.int8_ops_per_s.map(|v| v / 1e12),
+            fp4_tflops: self.fp4_flops_per_s.map(|v| v / 1e12),
             host_link_gb_per_s: Some(self.host_link_bytes_per_s / 1e9),
             interconnect_gb_per_s: Some(self.interconnect_bytes_per_s / 1e9),
             topology: Some(self.topology),
@@ -401,6 +559,7 @@ impl GpuConfig {
             MathDtype::Bf16 => Some(self.bf16_flops_per_s),
             MathDtype::Fp8 => self.fp8_flops_per_s,
             MathDtype::Int8 => self.int8_ops_per_s,
+            MathDtype::Fp4 => self.fp4_flops_per_s,
         }
     }
 
@@ -457,7 +616,9 @@ mod tests {
             assert_eq!(GpuConfig::resolve(&g.to_spec(3)).unwrap(), g, "{}", e.name);
             // Dense fp8 and int8 are twice bf16 on every tensor core listed
             // (the datasheets' ratio; L40S quotes 362.05 bf16 against 733 fp8).
-            for peak in [g.fp8_flops_per_s, g.int8_ops_per_s].into_iter().flatten() {
+            // (B300 cut int8 to 2 POPS over 8 GPUs: not in this check.)
+            let int8 = if e.name == "b300" { None } else { g.int8_ops_per_s };
+            for peak in [g.fp8_flops_per_s, int8].into_iter().flatten() {
                 let ratio = peak / g.bf16_flops_per_s;
                 assert!((ratio - 2.0).abs() < 0.03, "{} {ratio}", e.name);
             }
@@ -481,6 +642,25 @@ mod tests {
         assert_eq!(a40.peak_flops_per_s(MathDtype::Fp8), None);
         assert_eq!(a40.peak_flops_per_s(MathDtype::Int8), Some(624e12));
         assert_eq!(a40.to_spec(1).fp8_tflops, None);
+    }
+
+    #[test]
+    fn datasheet_figures_of_the_2025_gpus_and_aliases() {
+        let gb = gpu("gb200");
+        assert_eq!((gb.memory_bytes, gb.gpus_per_node, gb.peak_flops_per_s(MathDtype::Fp4)), (186_000_000_000, 72, Some(10e15)));
+        let b3 = gpu("b300");
+        assert_eq!((b3.memory_bytes, b3.peak_flops_per_s(MathDtype::Fp4), b3.peak_flops_per_s(MathDtype::Int8)), (288_000_000_000, Some(13.5e15), Some(125e12)));
+        assert_eq!((gpu("h20").bf16_flops_per_s, gpu("h20").mem_bandwidth_bytes_per_s), (148e12, 4e12));
+        assert_eq!((gpu("l4").memory_bytes, gpu("l4").topology), (24_000_000_000, Topology::Pcie));
+        assert_eq!(gpu("mi325x").memory_bytes, 256_000_000_000);
+        assert_eq!(gpu("mi355x").peak_flops_per_s(MathDtype::Fp4), Some(10066.3e12));
+        // Hopper has no fp4 tensor cores.
+        assert_eq!(gpu("h100-sxm").peak_flops_per_s(MathDtype::Fp4), None);
+        for (alias, name) in [("h100_sxm", "h100-sxm"), ("h200_sxm", "h200"), ("H100", "h100-sxm"), ("h100", "h100-sxm"), ("H200", "h200"), ("B200", "b200")] {
+            assert_eq!(resolve_gpu_name(alias), Some(name), "{alias}");
+            assert_eq!(gpu(alias).name, name);
+        }
+        assert_eq!(resolve_gpu_name("tpu"), None);
     }
 
     #[test]

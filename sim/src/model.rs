@@ -46,6 +46,10 @@ pub enum Precision {
     Fp8,
     Int8,
     Int4,
+    /// NVIDIA's NVFP4: 4-bit E2M1 values, an fp8 E4M3 scale per 16.
+    Nvfp4,
+    /// OCP MXFP4: 4-bit E2M1 values, an E8M0 (8-bit power of two) scale per 32.
+    Mxfp4,
 }
 
 impl Precision {
@@ -63,17 +67,20 @@ impl Precision {
             Precision::Fp32 => 32,
             Precision::Bf16 | Precision::Fp16 => 16,
             Precision::Fp8 | Precision::Int8 => 8,
-            Precision::Int4 => 4,
+            Precision::Int4 | Precision::Nvfp4 | Precision::Mxfp4 => 4,
         }
     }
 
     /// Bytes one weight takes, its share of the quantization scales
     /// included: int4 (GPTQ/AWQ) keeps an fp16 scale and a packed 4-bit zero
     /// point per `group_size` weights; fp8 and int8 scales are per tensor or
-    /// channel, negligible.
+    /// channel, negligible; NVFP4 adds a 1-byte scale per 16 weights
+    /// (0.5625 B), MXFP4 a 1-byte scale per 32 (0.53125 B).
     pub fn bytes_per_weight(self, group_size: u32) -> f64 {
         match self {
             Precision::Int4 => 0.5 + 2.5 / group_size as f64,
+            Precision::Nvfp4 => 0.5 + 1.0 / 16.0,
+            Precision::Mxfp4 => 0.5 + 1.0 / 32.0,
             p => p.bits() as f64 / 8.0,
         }
     }
@@ -283,7 +290,7 @@ pub struct ModelConfig {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum ModelError {
-    #[error("model.name: unknown model {0:?}; expected one of {names} or \"custom\" with every field given", names = catalog_names())]
+    #[error("model.name: unknown model {0:?}; expected one of {names} (or a Hugging Face id of one, such as Qwen/Qwen3-235B-A22B-FP8) or \"custom\" with every field given", names = catalog_names())]
     Unknown(String),
     #[error("model.{0}: required for a custom model (no catalog entry to take it from)")]
     Missing(&'static str),
@@ -320,6 +327,87 @@ fn catalog_names() -> String {
     catalog().keys().cloned().collect::<Vec<_>>().join(", ")
 }
 
+/// A weight format a quantized checkpoint's name selects (`…-FP8`,
+/// `…-NVFP4`): the linear layers' weights and, where the format runs its
+/// GEMMs in it, their activations (`None`: the model's `dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WeightFormat {
+    pub weight_dtype: Precision,
+    pub activation_dtype: Option<Precision>,
+}
+
+/// Name suffixes of quantized checkpoints, longest first: FP8 (vLLM/
+/// NVIDIA's W8A8, dynamic or block scales) runs fp8 GEMMs; NVFP4 (ModelOpt
+/// W4A4) and a bare FP4 (NVIDIA's `…-FP4` releases are NVFP4) run fp4
+/// GEMMs; MXFP4 is weight-only (gpt-oss's experts); BF16 undoes a native
+/// fp8 checkpoint.
+const QUANT_SUFFIXES: [(&str, Precision, Option<Precision>); 8] = [
+    ("-fp8-dynamic", Precision::Fp8, Some(Precision::Fp8)),
+    ("-fp8-block", Precision::Fp8, Some(Precision::Fp8)),
+    ("-fp8", Precision::Fp8, Some(Precision::Fp8)),
+    ("-nvfp4", Precision::Nvfp4, Some(Precision::Nvfp4)),
+    ("-mxfp4", Precision::Mxfp4, None),
+    ("-fp4", Precision::Nvfp4, Some(Precision::Nvfp4)),
+    ("-bf16", Precision::Bf16, Some(Precision::Bf16)),
+    ("-w8a8", Precision::Int8, Some(Precision::Int8)),
+];
+
+/// Names that differ from their catalog key by more than case, org,
+/// variant or quantization suffix.
+const NAME_ALIASES: [(&str, &str); 8] = [
+    ("mixtral-8x7b-v0.1", "mixtral-8x7b"),
+    ("mixtral-8x22b-v0.1", "mixtral-8x22b"),
+    ("mistral-7b-instruct-v0.3", "mistral-7b-v0.3"),
+    ("mistral-7b-instruct-v0.1", "mistral-7b-v0.1"),
+    ("meta-llama-3.1-8b", "llama-3.1-8b"),
+    ("meta-llama-3.1-70b", "llama-3.1-70b"),
+    ("meta-llama-3.1-405b", "llama-3.1-405b"),
+    ("qwen1.5-moe-a2.7b-chat", "qwen1.5-moe-a2.7b"),
+];
+
+/// The catalog entry a model name means, and the weight format its name
+/// selects: a catalog key as is, or a Hugging Face id
+/// (`Qwen/Qwen3-235B-A22B-FP8`, `nvidia/Llama-3.1-70B-Instruct-FP8`,
+/// `meta-llama/Llama-3.1-70B-Instruct`), case-insensitive, its org prefix,
+/// `-Instruct` / `-Base` / `-Chat` / `-it` variant, a 4-digit release date
+/// (`-0528`, `-2507`) and a quantization suffix (`-FP8`, `-NVFP4`, `-FP4`,
+/// `-MXFP4`, `-BF16`, `-W8A8`) dropped. `None` for a name no entry matches.
+pub fn resolve_name(name: &str) -> Option<(String, Option<WeightFormat>)> {
+    let catalog = catalog();
+    if catalog.contains_key(name) {
+        return Some((name.to_string(), None));
+    }
+    let lower = name.trim().to_ascii_lowercase();
+    let mut base = lower.rsplit('/').next().unwrap_or(&lower).to_string();
+    let mut format = None;
+    loop {
+        let before = base.clone();
+        if let Some((suffix, w, a)) = QUANT_SUFFIXES.iter().find(|(s, ..)| base.ends_with(s)) {
+            format.get_or_insert(WeightFormat { weight_dtype: *w, activation_dtype: *a });
+            base.truncate(base.len() - suffix.len());
+        }
+        for variant in ["-instruct", "-base", "-chat", "-it", "-hf"] {
+            if let Some(b) = base.strip_suffix(variant) {
+                base = b.to_string();
+            }
+        }
+        if let Some((head, date)) = base.rsplit_once('-') {
+            if date.len() == 4 && date.bytes().all(|c| c.is_ascii_digit()) {
+                base = head.to_string();
+            }
+        }
+        if catalog.contains_key(&base) {
+            return Some((base, format));
+        }
+        if let Some((_, key)) = NAME_ALIASES.iter().find(|(a, _)| *a == base) {
+            return Some((key.to_string(), format));
+        }
+        if base == before {
+            return None;
+        }
+    }
+}
+
 /// `over`'s set fields on top of `base`'s.
 fn overlay(base: toml::Table, over: &ModelSpec) -> Result<ModelSpec, ModelError> {
     let mut merged = base;
@@ -340,8 +428,21 @@ impl ModelConfig {
                 }
                 file
             }
-            None => match catalog.get(&spec.name).and_then(|v| v.as_table()) {
-                Some(t) => t.clone(),
+            None => match resolve_name(&spec.name) {
+                Some((key, format)) => {
+                    // A Hugging Face id resolves to its catalog entry (the
+                    // name kept as given); the format its name selects
+                    // replaces the entry's, and inline fields still win.
+                    let mut t = catalog[&key].as_table().expect("catalog entries are tables").clone();
+                    if let Some(f) = format {
+                        t.insert("weight_dtype".into(), toml::Value::try_from(f.weight_dtype).expect("serializes"));
+                        match f.activation_dtype {
+                            Some(a) => t.insert("activation_dtype".into(), toml::Value::try_from(a).expect("serializes")),
+                            None => t.remove("activation_dtype"),
+                        };
+                    }
+                    t
+                }
                 None => {
                     // Outside the catalog a name only labels a model given in
                     // full; one missing a field is most likely a typo.
@@ -667,11 +768,13 @@ impl ModelConfig {
         self.weight_dtype.bytes_per_weight(self.quant_group_size)
     }
 
-    /// The tensor-core precision GEMMs run in: fp8 or int8 only when both
-    /// weights and activations are (W8A8); a weight-only format is
-    /// dequantized to 16-bit first.
+    /// The tensor-core precision GEMMs run in: fp4 (NVFP4/MXFP4), fp8 or
+    /// int8 only when both weights and activations are (W4A4, W8A8); a
+    /// weight-only format is dequantized to 16-bit first.
     pub fn gemm_math(&self) -> MathDtype {
+        let fp4 = |p: Precision| matches!(p, Precision::Nvfp4 | Precision::Mxfp4);
         match (self.weight_dtype, self.activation_dtype) {
+            (w, a) if fp4(w) && fp4(a) => MathDtype::Fp4,
             (Precision::Fp8, Precision::Fp8) => MathDtype::Fp8,
             (Precision::Int8, Precision::Int8) => MathDtype::Int8,
             _ => MathDtype::Bf16,

@@ -270,3 +270,61 @@ fn config_json_errors_name_the_file_and_key() {
     let e = from_config(r#"{"num_hidden_layers": 2}"#, ModelSpec::default()).unwrap_err();
     assert_eq!(e, ModelError::Missing("hidden_size"));
 }
+
+#[test]
+fn new_catalog_models_match_published_totals() {
+    // (name, derived total B, derived active B, published total, published
+    // active, tolerance B). Published: each model card / report.
+    for (name, total, active, tol) in [
+        ("qwen3-8b", 8.2, 8.2, 0.05),               // Qwen3: 8.2 B
+        ("qwen3-14b", 14.8, 14.8, 0.05),            // Qwen3: 14.8 B
+        ("qwen3-32b", 32.8, 32.8, 0.05),            // Qwen3: 32.8 B
+        ("qwen3-30b-a3b", 30.5, 3.3, 0.1),          // Qwen3: 30.5 B, 3.3 B activated
+        ("qwen3-235b-a22b", 235.0, 22.0, 0.2),      // Qwen3: 235 B, 22 B activated
+        ("deepseek-r1", 671.0, 37.0, 0.6),          // DeepSeek-R1: 671 B, 37 B activated
+        ("llama-3.3-70b", 70.55, 70.55, 0.05),      // Meta: 70 B (as Llama-3.1-70B)
+        ("llama-4-scout-17b-16e", 109.0, 17.0, 1.5), // Meta: 109 B, 17 B active (vision tower not modelled)
+        ("llama-4-maverick-17b-128e", 400.0, 17.0, 1.0), // Meta: 400 B, 17 B active
+        ("kimi-k2", 1040.0, 32.0, 15.0),            // Moonshot: 1 T (1.04 T), 32 B activated
+        ("kimi-k2.5", 1040.0, 32.0, 15.0),          // Moonshot: 1 T, 32 B activated
+        ("glm-5", 744.0, 40.0, 1.5),                // Z.ai: 744 B, 40 B active
+        ("minimax-m2", 230.0, 10.0, 1.5),           // MiniMax: 230 B, 10 B activated (HF safetensors 228.7 B)
+        ("minimax-m2.5", 230.0, 10.0, 1.5),
+    ] {
+        let m = named(name);
+        let (p, a) = (billions(m.param_count()), billions(m.active_param_count()));
+        assert!((p - total).abs() <= tol && (a - active).abs() <= tol, "{name}: {p} / {a}");
+    }
+}
+
+#[test]
+fn hugging_face_ids_resolve_to_catalog_entries() {
+    let fp8 = Some(WeightFormat { weight_dtype: Precision::Fp8, activation_dtype: Some(Precision::Fp8) });
+    let nvfp4 = Some(WeightFormat { weight_dtype: Precision::Nvfp4, activation_dtype: Some(Precision::Nvfp4) });
+    for (id, key, format) in [
+        ("Qwen/Qwen3-32B", "qwen3-32b", None),
+        ("meta-llama/Llama-3.1-70B", "llama-3.1-70b", None),
+        ("meta-llama/Llama-3.1-70B-Instruct", "llama-3.1-70b", None),
+        ("deepseek-ai/DeepSeek-R1", "deepseek-r1", None),
+        ("deepseek-ai/DeepSeek-R1-0528", "deepseek-r1", None),
+        ("Qwen/Qwen3-235B-A22B-FP8", "qwen3-235b-a22b", fp8),
+        ("nvidia/Llama-3.1-70B-Instruct-FP8", "llama-3.1-70b", fp8),
+        ("nvidia/DeepSeek-R1-FP4", "deepseek-r1", nvfp4),
+        ("nvidia/Qwen3-32B-NVFP4", "qwen3-32b", nvfp4),
+        ("QWEN/QWEN3-8B-BASE", "qwen3-8b", None),
+        ("mistralai/Mixtral-8x7B-v0.1", "mixtral-8x7b", None),
+    ] {
+        assert_eq!(resolve_name(id), Some((key.to_string(), format)), "{id}");
+    }
+    assert_eq!(resolve_name("gpt-9"), None);
+    // The name's format sets the weights; the rest is the catalog entry's.
+    let q = named("Qwen/Qwen3-235B-A22B-FP8");
+    assert_eq!((q.weight_dtype, q.activation_dtype, q.gemm_math()), (Precision::Fp8, Precision::Fp8, MathDtype::Fp8));
+    assert_eq!(q.param_count(), named("qwen3-235b-a22b").param_count());
+    // gpt-oss ships MXFP4 weights (weight-only); NVFP4 runs fp4 GEMMs.
+    let g = named("openai/gpt-oss-120b");
+    assert_eq!((g.weight_dtype, g.gemm_math()), (Precision::Mxfp4, MathDtype::Bf16));
+    assert_eq!(named("nvidia/Qwen3-32B-NVFP4").gemm_math(), MathDtype::Fp4);
+    assert_eq!(Precision::Nvfp4.bytes_per_weight(128), 0.5625);
+    assert_eq!(Precision::Mxfp4.bytes_per_weight(128), 0.53125);
+}
