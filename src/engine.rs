@@ -71,9 +71,12 @@ pub fn bench(model: &str, set: &[String], backend: BackendKind, tp: u32, grid: G
     // grid's largest prefill.
     let (prefills, batches, contexts) = &grid;
     let top = |v: &[u32], floor: u32| v.iter().copied().max().unwrap_or(0).max(floor);
-    let tokens = top(prefills, top(batches, 8192));
+    let prefill_tokens: Vec<u32> = prefills.iter().map(|&(b, t)| b * t).collect();
+    let prefill_lens: Vec<u32> = prefills.iter().map(|&(_, t)| t).collect();
+    let prefill_seqs: Vec<u32> = prefills.iter().map(|&(b, _)| b).collect();
+    let tokens = top(&prefill_tokens, top(batches, 8192));
     // 256 tokens past the longest context leave room for the new ones.
-    let (seqs, len) = (top(batches, 256), top(prefills, top(contexts, 0) + 256));
+    let (seqs, len) = (top(batches, top(&prefill_seqs, 256)), top(&prefill_lens, top(contexts, 0) + 256));
     let mut text = format!(
         "[model]\nname = {model:?}\n[hardware]\ncount = {tp}\n[parallelism]\ntp = {tp}\n[scheduler]\nmax_num_batched_tokens = {tokens}\nmax_num_seqs = {seqs}\nmax_model_len = {len}\n"
     );

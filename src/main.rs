@@ -256,11 +256,12 @@ enum EngineCommand {
         /// A small grid (2 prefills, 4 decodes), for a quick look.
         #[arg(long)]
         quick: bool,
-        /// Only these prefill lengths (tokens, comma-separated); with
-        /// --prefill, --batch or --context the grid is exactly what they
-        /// name, e.g. --prefill 2048 times one prefill and no decode.
-        #[arg(long, value_delimiter = ',', value_name = "TOKENS", conflicts_with = "quick")]
-        prefill: Vec<u32>,
+        /// Only these prefills (comma-separated): TOKENS for one sequence,
+        /// SEQSxTOKENS for that many in one step; with --prefill, --batch
+        /// or --context the grid is exactly what they name, e.g. --prefill
+        /// 2048,4x2048 times two prefills and no decode.
+        #[arg(long, value_delimiter = ',', value_name = "[SEQSx]TOKENS", value_parser = servetwin_engine::bench::parse_prefill, conflicts_with = "quick")]
+        prefill: Vec<(u32, u32)>,
         /// Only these decode batch sizes (with --context).
         #[arg(long, value_delimiter = ',', value_name = "SEQS", requires = "context", conflicts_with = "quick")]
         batch: Vec<u32>,
@@ -391,8 +392,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let grid = if prefill.is_empty() && batch.is_empty() {
                 servetwin_engine::bench::default_grid(quick)
             } else {
-                if let Some(bad) = prefill.iter().chain(&batch).chain(&context).find(|&&v| v == 0) {
-                    anyhow::bail!("--prefill, --batch and --context take positive integers, got {bad}");
+                if let Some(bad) = batch.iter().chain(&context).find(|&&v| v == 0) {
+                    anyhow::bail!("--batch and --context take positive integers, got {bad}");
                 }
                 (prefill, batch, context)
             };

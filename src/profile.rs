@@ -40,9 +40,9 @@ fn load(a: &Args) -> anyhow::Result<Loaded> {
         Some(p) => scenario::load(p, &set, None)?,
         None => {
             anyhow::ensure!(a.model.is_some(), "give a scenario or --model NAME");
-            // Limits as wide as the default grid (they also size the GPU's
-            // activation reserve).
-            let text = "[scheduler]\nmax_num_batched_tokens = 8448\nmax_num_seqs = 256\n[engine]\nload = \"dummy\"\n";
+            // Limits as wide as the default grid: a 16384-token chunk and
+            // 512 decodes (they also size the GPU's activation reserve).
+            let text = "[scheduler]\nmax_num_batched_tokens = 16640\nmax_num_seqs = 512\n[engine]\nload = \"dummy\"\n";
             scenario::load_str(text, Path::new("profile"), &set)?
         }
     })

@@ -241,7 +241,7 @@ fn what_the_engine_cannot_run_is_refused_as_bad_input() {
 }
 
 /// `engine bench --prefill/--batch/--context` times exactly the shapes it
-/// names, on a small custom model on the CPU; bad lists are refused.
+/// names (a prefill of SEQSxTOKENS as one step), on a small custom model on the CPU; bad lists are refused.
 #[test]
 fn bench_times_exactly_the_shapes_named() {
     let tmp = tempfile::tempdir().unwrap();
@@ -255,7 +255,7 @@ fn bench_times_exactly_the_shapes_named() {
         args.extend(["--set", s]);
     }
     let mut named = args.clone();
-    named.extend(["--prefill", "16,48", "--batch", "3", "--context", "40"]);
+    named.extend(["--prefill", "16,48,2x24", "--batch", "3", "--context", "40"]);
     ok(&named);
     let cases: Vec<(String, u64, u64, u64)> = json(&out)["cases"]
         .as_array()
@@ -266,10 +266,10 @@ fn bench_times_exactly_the_shapes_named() {
             (c["kind"].as_str().unwrap().to_string(), n("batch"), n("new_tokens"), n("context"))
         })
         .collect();
-    let want = [("prefill", 1, 16, 0), ("prefill", 1, 48, 0), ("decode", 3, 1, 40)];
+    let want = [("prefill", 1, 16, 0), ("prefill", 1, 48, 0), ("prefill", 2, 24, 0), ("decode", 3, 1, 40)];
     assert_eq!(cases, want.map(|(k, b, t, c)| (k.to_string(), b, t, c)));
 
-    for bad in [&["--prefill", "0"][..], &["--batch", "4"], &["--prefill", "x"], &["--quick", "--prefill", "8"]] {
+    for bad in [&["--prefill", "0"][..], &["--prefill", "4x0"], &["--batch", "4"], &["--prefill", "x"], &["--quick", "--prefill", "8"]] {
         let mut a = args.clone();
         a.extend(bad);
         let o = servetwin(&a);

@@ -68,7 +68,8 @@ fn committed_error_tables_are_reproduced() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let tmp = tempfile::tempdir().unwrap();
     for (dir, profile) in [
-        ("reports/validation-attempts/h100-55a9477", None),
+        // Its own profile: sim/profiles/h100-sxm/ holds the de9c10f one.
+        ("reports/validation-attempts/h100-55a9477", Some("reports/validation-attempts/h100-55a9477/profile.csv")),
         ("reports/validation-tp/h200x2", Some("sim/profiles/h200/llama-3.1-8b-bf16-tp2.csv")),
         // Its own profile: sim/profiles/h200/ holds a later one.
         ("reports/validation-attempts/h200-0b9b423", Some("reports/validation-attempts/h200-0b9b423/profile.csv")),

@@ -1,5 +1,5 @@
-//! `engine bench`: step times of synthetic batches — one prefill of T
-//! tokens, or B decodes over C cached tokens each — through the real model
+//! `engine bench`: step times of synthetic batches — B prefills of T
+//! tokens each, or B decodes over C cached tokens each — through the real model
 //! path (forward, sampling, synchronize), each beside its floor measured in
 //! the same run: decode against the bytes it must read (weights + KV) over
 //! the measured copy bandwidth, prefill against its FLOPs over the measured
@@ -98,17 +98,30 @@ pub fn time_batch(
     Ok((times[times.len() / 2], times[0]))
 }
 
-/// What a bench times: prefill lengths; decode batch sizes × contexts.
-pub type Grid = (Vec<u32>, Vec<u32>, Vec<u32>);
+/// What a bench times: prefills as (sequences, tokens each); decode batch
+/// sizes × contexts.
+pub type Grid = (Vec<(u32, u32)>, Vec<u32>, Vec<u32>);
 
-/// The default grid: prefills of 128…8192 tokens; decodes of batch 1…256
-/// over contexts 512…8192 where the pool holds them.
+/// The default grid: single prefills of 128…8192 tokens; decodes of batch
+/// 1…256 over contexts 512…8192 where the pool holds them.
 pub fn default_grid(quick: bool) -> Grid {
+    let one = |v: &[u32]| v.iter().map(|&t| (1, t)).collect();
     if quick {
-        (vec![128, 512], vec![1, 4], vec![128, 512])
+        (one(&[128, 512]), vec![1, 4], vec![128, 512])
     } else {
-        (vec![128, 256, 512, 1024, 2048, 4096, 8192], vec![1, 8, 32, 64, 128, 256], vec![512, 1024, 2048, 4096, 8192])
+        (one(&[128, 256, 512, 1024, 2048, 4096, 8192]), vec![1, 8, 32, 64, 128, 256], vec![512, 1024, 2048, 4096, 8192])
     }
+}
+
+/// A prefill shape: `T` (one sequence of T tokens) or `BxT` (B sequences
+/// of T tokens each, in one step), both positive.
+pub fn parse_prefill(s: &str) -> std::result::Result<(u32, u32), String> {
+    let num = |v: &str| v.trim().parse::<u32>().ok().filter(|&n| n > 0);
+    let shape = match s.split_once(['x', 'X']) {
+        Some((b, t)) => num(b).zip(num(t)),
+        None => num(s).map(|t| (1, t)),
+    };
+    shape.ok_or_else(|| format!("a prefill is TOKENS or SEQSxTOKENS, both positive integers (e.g. 2048 or 4x2048), got {s:?}"))
 }
 
 /// Runs the grid; cases whose KV does not fit `num_blocks` are skipped and
@@ -131,15 +144,16 @@ pub fn run(
         progress(&c);
         cases.push(c);
     };
-    for &t in &prefills {
-        if t.div_ceil(block_size) > num_blocks || t > max_positions {
+    for &(batch, t) in &prefills {
+        if batch * t.div_ceil(block_size) > num_blocks || t > max_positions {
             skipped += 1;
             continue;
         }
-        let (median_ms, min_ms) = time_batch(runner, block_size, 1, t, 0, 2, 5)?;
-        let floor_ms = ceilings.map(|c| prefill_flops(m, t) / tp / c.gemm_flops_per_s * 1e3);
+        let (median_ms, min_ms) = time_batch(runner, block_size, batch, t, 0, 2, 5)?;
+        // Each sequence is its own causal prefill (and samples one row).
+        let floor_ms = ceilings.map(|c| batch as f64 * prefill_flops(m, t) / tp / c.gemm_flops_per_s * 1e3);
         let ratio = floor_ms.map(|f| median_ms / f);
-        push(Case { kind: "prefill", batch: 1, new_tokens: t, context: 0, median_ms, min_ms, floor_ms, ratio }, &mut cases);
+        push(Case { kind: "prefill", batch, new_tokens: t, context: 0, median_ms, min_ms, floor_ms, ratio }, &mut cases);
     }
     for &c in &contexts {
         for &batch in &batches {
@@ -154,4 +168,19 @@ pub fn run(
         }
     }
     Ok((cases, skipped))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_prefill;
+
+    #[test]
+    fn prefill_shapes_parse() {
+        assert_eq!(parse_prefill("2048"), Ok((1, 2048)));
+        assert_eq!(parse_prefill("4x2048"), Ok((4, 2048)));
+        assert_eq!(parse_prefill("4X512"), Ok((4, 512)));
+        for bad in ["0", "4x0", "0x16", "x16", "4x", "abc", "-1", ""] {
+            assert!(parse_prefill(bad).is_err(), "{bad}");
+        }
+    }
 }

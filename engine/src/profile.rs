@@ -65,16 +65,18 @@ impl Grid {
         }
     }
 
-    /// A few minutes on one GPU for an 8B model: chunks up to 8192 tokens
-    /// over up to 8192 of context; decode batches up to 256 over 64 to
+    /// A few minutes on one GPU for an 8B model: chunks up to 16384 tokens
+    /// over up to 16384 of context; decode batches up to 512 over 64 to
     /// 384k tokens of KV (shapes that do not fit the KV pool or the model's
-    /// length are skipped and reported).
+    /// length are skipped and reported). The stack benchmarks' shapes
+    /// (decode batches to 512, contexts and prefill chunks to 16k) are in
+    /// it, so that a TP=1 profile serves them without the roofline.
     pub fn gpu() -> Self {
         Grid {
             name: "default",
-            prefill_tokens: vec![1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192],
-            prefill_context_tokens: vec![0, 512, 2048, 4096, 8192],
-            decode_seqs: vec![1, 2, 4, 8, 16, 32, 64, 128, 192, 256],
+            prefill_tokens: vec![1, 16, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16_384],
+            prefill_context_tokens: vec![0, 512, 2048, 4096, 8192, 16_384],
+            decode_seqs: vec![1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 384, 512],
             // From 64: an idle chat's single decodes sit at 80–250 tokens of
             // context, below a grid that began at 256 (a quarter of the H100
             // chat-idle run's steps fell back to the roofline). Doubling
