@@ -190,6 +190,7 @@ pub fn fit(all: &[BenchRow], opts: &FitOptions) -> Result<FitResult, String> {
     let rows: Vec<BenchRow> = all
         .iter()
         .filter(|r| {
+            // Rows `check` cannot express (disaggregated ones) are reported, not fitted.
             let b = r.backend.clone().unwrap_or_default();
             servetwin_sim::stack::resolve_parts(&b, r.backend_version.as_deref().unwrap_or("")).is_ok_and(|p| p.name == target.name)
         })
@@ -198,7 +199,8 @@ pub fn fit(all: &[BenchRow], opts: &FitOptions) -> Result<FitResult, String> {
     if rows.is_empty() {
         return Err(format!("no row of the files is a {} run (backend and version resolve to another preset or none)", target.name));
     }
-    let params = params_for(&rows);
+    let expressible: Vec<BenchRow> = rows.iter().filter(|r| r.mode == crate::row::Mode::Agg).cloned().collect();
+    let params = params_for(if expressible.is_empty() { &rows } else { &expressible });
     let x0: Vec<f64> = params.iter().map(|p| p.start).collect();
     let start = residuals(&rows, &opts.check, &params, &x0);
     let keep: Vec<bool> = start.iter().map(Option::is_some).collect();

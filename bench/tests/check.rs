@@ -1,0 +1,43 @@
+//! `bench check` over the train split: every row is predicted or listed
+//! with its reason; what a file does not say is required, never guessed.
+
+use servetwin_bench::check::{check, row_overrides, CheckOptions};
+use servetwin_bench::{import_file, Mode};
+
+fn train() -> Vec<servetwin_bench::BenchRow> {
+    import_file(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/serving_silicon_train.csv").as_ref()).unwrap()
+}
+
+#[test]
+fn every_row_is_predicted_or_reported_with_its_reason() {
+    let rows = train();
+    // The Llama-3.1-70B rows (blank vLLM version → the newest vLLM preset)
+    // and the disaggregated ones, to keep the test short.
+    let some: Vec<_> = rows.iter().filter(|r| r.model.as_deref() == Some("meta-llama/Llama-3.1-70B") || r.mode == Mode::Disagg).cloned().collect();
+    let report = check(&some, &CheckOptions::default());
+    assert_eq!(report.rows.len() + report.failed.len(), some.len(), "no row dropped");
+    let disagg = some.iter().filter(|r| r.mode == Mode::Disagg).count();
+    assert_eq!(report.failed.iter().filter(|f| f.reason.contains("disaggregated")).count(), disagg);
+    assert_eq!(report.failed.len(), disagg, "every aggregated row is predicted: {:?}", report.failed.first());
+    assert_eq!(report.n, 2 * report.rows.len(), "TTFT and TPOT of each row");
+    for r in &report.rows {
+        assert_eq!(r.preset, "vllm-0.12");
+        for m in &r.metrics {
+            assert!(m.predicted.is_finite() && m.predicted > 0.0, "{r:?}");
+        }
+    }
+    assert!(report.median_abs_err.is_finite() && report.p90_abs_err >= report.median_abs_err);
+}
+
+#[test]
+fn what_a_file_does_not_say_must_be_set() {
+    let mut row = train().into_iter().find(|r| r.mode == Mode::Agg).unwrap();
+    row.gpu = None;
+    let err = row_overrides(&row, &CheckOptions::default()).unwrap_err();
+    assert!(err.contains("--set hardware.gpu"), "{err}");
+    let opts = CheckOptions { sets: vec!["hardware.gpu=h200".into()], ..Default::default() };
+    let sets = row_overrides(&row, &opts).unwrap();
+    assert_eq!(sets.last().map(String::as_str), Some("hardware.gpu=h200"), "the user's keys come last and win");
+    row.layout.tp = None;
+    assert!(row_overrides(&row, &opts).unwrap_err().contains("parallelism.tp"));
+}
