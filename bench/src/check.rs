@@ -196,29 +196,40 @@ fn toml_str(s: &str) -> String {
 /// found — the steady state a client reaches once its users drift out of
 /// step (with fixed lengths a simulated loop never drifts by itself).
 pub fn predict(row: &BenchRow, opts: &CheckOptions) -> Result<(Summary, String), String> {
-    let sets = row_overrides(row, opts)?;
-    let (first, preset) = predict_with(row, &sets)?;
-    if !sets.iter().any(|s| s == "workload.arrival=\"closed_loop\"") || has_set(&opts.sets, "workload.ramp_up_ms") {
+    let mut sets = row_overrides(row, opts)?;
+    let (first, preset, closed_loop) = predict_with(row, &sets)?;
+    if !closed_loop || has_set(&opts.sets, "workload.ramp_up_ms") {
         return Ok((first, preset));
     }
-    let mut staggered = sets.clone();
-    staggered.insert(staggered.len() - opts.sets.len(), format!("workload.ramp_up_ms={}", first.mean_e2el_ms.max(0.0)));
-    predict_with(row, &staggered)
+    sets.push(format!("workload.ramp_up_ms={}", first.mean_e2el_ms.max(0.0)));
+    let (staggered, preset, _) = predict_with(row, &sets)?;
+    Ok((staggered, preset))
 }
 
-fn predict_with(row: &BenchRow, sets: &[String]) -> Result<(Summary, String), String> {
+/// The summary, the preset used and whether the load is a closed loop.
+fn predict_with(row: &BenchRow, sets: &[String]) -> Result<(Summary, String, bool), String> {
     let loaded = servetwin_sim::scenario::load_str("", Path::new(&row.source), sets).map_err(|e| match e {
         // The row is the location; the key and what was wrong are the reason.
         servetwin_sim::scenario::ScenarioError::Invalid { key, msg, .. } => format!("{key}: {msg}"),
         other => other.to_string(),
     })?;
     let preset = loaded.scenario.stack.preset.clone().unwrap_or_else(|| "none".into());
+    let closed_loop = loaded.scenario.workload.arrival == servetwin_sim::workload::ArrivalKind::ClosedLoop;
     let cost = loaded.cost_model().map_err(|e| e.to_string())?;
     let summary = simulate(&loaded, || cost.clone()).map_err(|e| e.to_string())?;
     if summary.completed == 0 {
         return Err(format!("no request completed in the simulation ({:?})", summary.not_completed_reasons));
     }
-    Ok((summary, preset))
+    Ok((summary, preset, closed_loop))
+}
+
+/// (metric, measured, predicted) of every metric the row measured.
+pub fn measured_vs_predicted(row: &BenchRow, s: &Summary) -> Vec<(&'static str, f64, f64)> {
+    let m = &row.measured;
+    [("mean_ttft_ms", m.mean_ttft_ms, s.mean_ttft_ms), ("mean_tpot_ms", m.mean_tpot_ms, s.mean_tpot_ms)]
+        .into_iter()
+        .filter_map(|(k, meas, pred)| meas.map(|meas| (k, meas, pred)))
+        .collect()
 }
 
 fn group(row: &BenchRow) -> String {
@@ -228,14 +239,9 @@ fn group(row: &BenchRow) -> String {
 
 /// Compares one prediction with its row: every metric both have.
 fn compare(row: &BenchRow, s: &Summary, preset: String) -> RowCheck {
-    let m = &row.measured;
-    let pairs = [
-        ("mean_ttft_ms", m.mean_ttft_ms, s.mean_ttft_ms),
-        ("mean_tpot_ms", m.mean_tpot_ms, s.mean_tpot_ms),
-    ];
-    let metrics = pairs
-        .iter()
-        .filter_map(|&(k, meas, pred)| meas.map(|meas| MetricCheck { metric: k.into(), measured: meas, predicted: pred, err: pred / meas - 1.0 }))
+    let metrics = measured_vs_predicted(row, s)
+        .into_iter()
+        .map(|(k, measured, predicted)| MetricCheck { metric: k.into(), measured, predicted, err: predicted / measured - 1.0 })
         .collect();
     RowCheck { source: row.source.clone(), id: row.id.clone(), group: group(row), preset, concurrency: row.load.concurrency, metrics }
 }

@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::check::{predict, quantile, CheckOptions};
+use crate::check::{measured_vs_predicted, predict, quantile, CheckOptions};
 use crate::row::BenchRow;
 
 pub struct FitOptions {
@@ -115,29 +115,22 @@ fn params_for(rows: &[BenchRow]) -> Vec<Param> {
     p
 }
 
-/// log(predicted / measured) of every metric of every row, at `x`; a row
-/// that fails gives None.
-fn residuals(rows: &[BenchRow], base: &CheckOptions, params: &[Param], x: &[f64]) -> Vec<Option<Vec<f64>>> {
+/// log(predicted / measured) of every metric of every row, at `x`, or why
+/// the row could not be predicted.
+fn residuals(rows: &[BenchRow], base: &CheckOptions, params: &[Param], x: &[f64]) -> Vec<Result<Vec<f64>, String>> {
     let mut opts = base.clone();
     for (p, v) in params.iter().zip(x) {
         opts.sets.push(format!("{}={v}", p.key));
     }
     rows.par_iter()
         .map(|r| {
-            let (s, _) = predict(r, &opts).ok()?;
-            let m = &r.measured;
-            let mut out = Vec::new();
-            for (meas, pred) in [(m.mean_ttft_ms, s.mean_ttft_ms), (m.mean_tpot_ms, s.mean_tpot_ms)] {
-                if let Some(meas) = meas {
-                    out.push((pred.max(1e-6) / meas).ln());
-                }
-            }
-            Some(out)
+            let (s, _) = predict(r, &opts)?;
+            Ok(measured_vs_predicted(r, &s).into_iter().map(|(_, meas, pred)| (pred.max(1e-6) / meas).ln()).collect())
         })
         .collect()
 }
 
-fn flat(res: &[Option<Vec<f64>>], keep: &[bool]) -> Vec<f64> {
+fn flat(res: &[Result<Vec<f64>, String>], keep: &[bool]) -> Vec<f64> {
     res.iter().zip(keep).filter(|(_, &k)| k).flat_map(|(r, _)| r.clone().unwrap_or_default()).collect()
 }
 
@@ -203,13 +196,9 @@ pub fn fit(all: &[BenchRow], opts: &FitOptions) -> Result<FitResult, String> {
     let params = params_for(if expressible.is_empty() { &rows } else { &expressible });
     let x0: Vec<f64> = params.iter().map(|p| p.start).collect();
     let start = residuals(&rows, &opts.check, &params, &x0);
-    let keep: Vec<bool> = start.iter().map(Option::is_some).collect();
-    let failed: Vec<(String, String)> = rows
-        .iter()
-        .zip(&keep)
-        .filter(|(_, &k)| !k)
-        .map(|(r, _)| (r.source.clone(), predict(r, &opts.check).err().unwrap_or_default()))
-        .collect();
+    let keep: Vec<bool> = start.iter().map(Result::is_ok).collect();
+    let failed: Vec<(String, String)> =
+        rows.iter().zip(&start).filter_map(|(r, res)| res.as_ref().err().map(|why| (r.source.clone(), why.clone()))).collect();
     let fitted_rows = keep.iter().filter(|&&k| k).count();
     if fitted_rows == 0 {
         return Err(format!("none of the {} {} rows could be predicted: {}", rows.len(), target.name, failed[0].1));
@@ -219,7 +208,7 @@ pub fn fit(all: &[BenchRow], opts: &FitOptions) -> Result<FitResult, String> {
         let res = residuals(&rows, &opts.check, &params, &x);
         // A row failing at some parameters (e.g. the model no longer fits)
         // counts as far off rather than vanishing from the fit.
-        res.iter().zip(&keep).filter(|(_, &k)| k).flat_map(|(r, _)| r.clone().unwrap_or_else(|| vec![3.0; 2])).collect()
+        res.iter().zip(&keep).filter(|(_, &k)| k).flat_map(|(r, _)| r.clone().unwrap_or_else(|_| vec![3.0; 2])).collect()
     };
     let mut u: Vec<f64> = params.iter().zip(&x0).map(|(p, &x)| p.to_u(x)).collect();
     let mut r = flat(&start, &keep);
@@ -315,11 +304,6 @@ pub fn fit(all: &[BenchRow], opts: &FitOptions) -> Result<FitResult, String> {
 /// The shipped preset file with `[fitted]` and `[calibration]` replaced.
 fn rewrite(p: &servetwin_sim::stack::Preset, values: &[(String, f64, f64)], data: &str, rows: usize, med: f64, p90: f64) -> Result<String, String> {
     let mut doc: toml_edit::DocumentMut = servetwin_sim::stack::text(&p.name).parse().map_err(|e| format!("preset {}: {e}", p.name))?;
-    let mut fitted = toml_edit::Table::new();
-    for (k, v, _) in values {
-        let rounded = if k.ends_with("efficiency") { (v * 1e4).round() / 1e4 } else { (v * 1e3).round() / 1e3 };
-        fitted.insert(&format!("\"{k}\""), toml_edit::value(rounded));
-    }
     let mut fitted_doc = String::new();
     for (k, v, se) in values {
         let rounded = if k.ends_with("efficiency") { (v * 1e4).round() / 1e4 } else { (v * 1e3).round() / 1e3 };

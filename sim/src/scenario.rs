@@ -425,16 +425,23 @@ fn apply_override(doc: &mut toml_edit::DocumentMut, arg: &str) -> Result<(), Sce
     let value = raw.parse::<toml_edit::Value>().unwrap_or_else(|_| toml_edit::Value::from(raw));
     // Edited in place, inline tables included, so every other line keeps its
     // number for error messages.
+    let table = table_at(doc, &parts[..parts.len() - 1]).map_err(|part| err(&format!("{part} is not a table")))?;
+    table.insert(parts[parts.len() - 1], toml_edit::Item::Value(value));
+    Ok(())
+}
+
+/// The table at dotted path `parts`, created on the way where missing; Err
+/// names the first part that holds something else.
+pub(crate) fn table_at<'d>(doc: &'d mut toml_edit::DocumentMut, parts: &[&str]) -> Result<&'d mut dyn toml_edit::TableLike, String> {
     let mut table: &mut dyn toml_edit::TableLike = doc.as_table_mut();
-    for part in &parts[..parts.len() - 1] {
+    for part in parts {
         if table.get(part).is_none() {
             table.insert(part, toml_edit::table());
         }
         let item = table.get_mut(part).expect("inserted above");
-        table = item.as_table_like_mut().ok_or_else(|| err(&format!("{part} is not a table")))?;
+        table = item.as_table_like_mut().ok_or_else(|| part.to_string())?;
     }
-    table.insert(parts[parts.len() - 1], toml_edit::Item::Value(value));
-    Ok(())
+    Ok(table)
 }
 
 /// The scenario file and the overrides, for locating errors.

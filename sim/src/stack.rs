@@ -204,14 +204,8 @@ fn flatten(prefix: &str, t: &toml::Table, out: &mut Vec<(String, toml::Value)>) 
 pub fn overlay(doc: &mut toml_edit::DocumentMut, preset: &Preset) -> Result<(), String> {
     for (key, value) in preset.keys() {
         let parts: Vec<&str> = key.split('.').collect();
-        let mut table: &mut dyn toml_edit::TableLike = doc.as_table_mut();
-        for part in &parts[..parts.len() - 1] {
-            if table.get(part).is_none() {
-                table.insert(part, toml_edit::table());
-            }
-            let item = table.get_mut(part).expect("inserted above");
-            table = item.as_table_like_mut().ok_or_else(|| format!("{part} is not a table (preset key {key})"))?;
-        }
+        let table = crate::scenario::table_at(doc, &parts[..parts.len() - 1])
+            .map_err(|part| format!("{part} is not a table (preset key {key})"))?;
         let last = parts[parts.len() - 1];
         if table.get(last).is_none() {
             let v: toml_edit::Value = value.to_string().parse().map_err(|_| format!("preset key {key}: not a TOML value"))?;

@@ -423,10 +423,6 @@ fn vllm(d: &Doc) -> Result<BenchRow, ImportError> {
     let mut r = BenchRow::new(d.at.into(), Client::VllmBenchServe);
     r.id = d.str("label")?.map(str::to_string);
     r.model = d.str("model_id")?.and_then(model_name);
-    r.load.rate_per_s = d.rate("request_rate")?;
-    r.load.concurrency = d.u32("max_concurrency")?;
-    r.load.burstiness = d.f64("burstiness")?;
-    r.num_requests = d.u32("num_prompts")?;
     serve_common(d, &mut r, "e2el", "total_token_throughput")?;
     Ok(r)
 }
@@ -461,10 +457,6 @@ fn sglang(d: &Doc) -> Result<BenchRow, ImportError> {
     if r.model.is_none() {
         r.model = d.str("model_id")?.and_then(model_name);
     }
-    r.load.rate_per_s = d.rate("request_rate")?;
-    r.load.concurrency = d.u32("max_concurrency")?;
-    r.load.burstiness = d.f64("burstiness")?;
-    r.num_requests = d.u32("num_prompts")?;
     serve_common(d, &mut r, "e2e_latency", "total_throughput")?;
     Ok(r)
 }
@@ -472,6 +464,10 @@ fn sglang(d: &Doc) -> Result<BenchRow, ImportError> {
 /// What vLLM and SGLang share: per-request lengths (or means of the
 /// totals), completed / failed and the `{mean,median,p90,p99}_*_ms` figures.
 fn serve_common(d: &Doc, r: &mut BenchRow, e2e: &str, total_key: &str) -> Result<(), ImportError> {
+    r.load.rate_per_s = d.rate("request_rate")?;
+    r.load.concurrency = d.u32("max_concurrency")?;
+    r.load.burstiness = d.f64("burstiness")?;
+    r.num_requests = d.u32("num_prompts")?;
     // `errors[i]` is "" for a request that succeeded, the error text otherwise.
     let failed_at: Option<Vec<bool>> = match d.array("errors")? {
         None => None,
