@@ -339,6 +339,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Simulate { run: RunArgs { scenario, set, out, seed, quiet }, replay, report } => {
             let loaded = scenario::load(&scenario, &set, seed)?;
+            if let (Some(p), false) = (&loaded.preset, quiet) {
+                eprintln!("{}", p.describe());
+            }
             let dir = out.unwrap_or_else(|| default_run_dir(&loaded.name));
             let summary = match replay {
                 None => {

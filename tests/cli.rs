@@ -695,3 +695,22 @@ fn a_closed_pipe_ends_the_output_quietly() {
     let err = text(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_stack_preset_is_named_with_its_calibration_and_why_it_was_picked() {
+    let dir = TempDir::new().unwrap();
+    let scenario = dir.path().join("s.toml");
+    fs::write(&scenario, "[stack]\npreset = \"vllm-0.9\"\n[workload]\nnum_requests = 20\n").unwrap();
+    let out = servetwin().arg("simulate").arg(&scenario).arg("--out").arg(dir.path().join("run")).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stack preset vllm-0.12: fitted on"), "{err}");
+    assert!(err.contains("no vllm 0.9 preset: using the nearest"), "{err}");
+    let resolved = fs::read_to_string(dir.path().join("run/scenario.resolved.toml")).unwrap();
+    assert!(resolved.contains("preset = \"vllm-0.12\""), "{resolved}");
+    let bad = dir.path().join("bad.toml");
+    fs::write(&bad, "[stack]\npreset = \"tgi-3\"\n").unwrap();
+    let out = servetwin().arg("simulate").arg(&bad).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stack.preset: unknown serving stack `tgi`"));
+}

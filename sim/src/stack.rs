@@ -179,6 +179,25 @@ pub fn resolve_parts(stack: &str, version: &str) -> Result<Preset, PresetError> 
 }
 
 impl Preset {
+    /// One line for a run's output: the preset, why it was picked, and its
+    /// calibration.
+    pub fn describe(&self) -> String {
+        let mut s = format!("stack preset {}", self.name);
+        match &self.file.calibration {
+            Some(c) => {
+                s += &format!(
+                    ": fitted on {} ({} rows), median |error| {:.1} %, p90 {:.1} %",
+                    c.data, c.rows, c.median_abs_err_pct, c.p90_abs_err_pct
+                )
+            }
+            None => s += ": documented defaults, not fitted",
+        }
+        if let Some(n) = &self.note {
+            s += &format!(" ({n})");
+        }
+        s
+    }
+
     /// Scenario keys this preset sets, documented defaults then fitted
     /// parameters, as (dotted key, value).
     pub fn keys(&self) -> Vec<(String, toml::Value)> {
