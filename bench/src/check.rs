@@ -72,10 +72,6 @@ pub struct CheckReport {
     pub failed: Vec<Failed>,
 }
 
-fn quant_is_fp8(q: &str) -> bool {
-    q.to_ascii_lowercase().starts_with("fp8")
-}
-
 fn has_set(sets: &[String], key: &str) -> bool {
     sets.iter().any(|s| s.split_once('=').is_some_and(|(k, _)| k.trim() == key))
 }
@@ -130,7 +126,7 @@ pub fn row_overrides(row: &BenchRow, opts: &CheckOptions) -> Result<Vec<String>,
     if !has_set(sets, "hardware.count") {
         o.push(format!("hardware.count={}", tp * pp * dp));
     }
-    let fp8 = row.gemm_quant.as_deref().is_some_and(quant_is_fp8) || row.precision.as_deref().is_some_and(quant_is_fp8);
+    let fp8 = row.is_fp8();
     if fp8 {
         o.push("model.weight_dtype=\"fp8\"".into());
         o.push("model.activation_dtype=\"fp8\"".into());

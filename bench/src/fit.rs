@@ -101,8 +101,8 @@ fn params_for(rows: &[BenchRow]) -> Vec<Param> {
         Param { key: "cost.gemm_efficiency", start: 0.7, fraction: true },
         Param { key: "cost.memory_efficiency", start: 0.85, fraction: true },
     ];
-    let fp8 = rows.iter().any(|r| r.gemm_quant.as_deref().is_some_and(|q| q.to_ascii_lowercase().starts_with("fp8")));
-    let bf16 = rows.iter().any(|r| !r.gemm_quant.as_deref().is_some_and(|q| q.to_ascii_lowercase().starts_with("fp8")));
+    let fp8 = rows.iter().any(BenchRow::is_fp8);
+    let bf16 = rows.iter().any(|r| !r.is_fp8());
     if fp8 {
         p.push(Param { key: "cost.fp8_gemm_efficiency", start: 0.5, fraction: true });
     }

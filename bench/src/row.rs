@@ -124,6 +124,12 @@ pub struct BenchRow {
 }
 
 impl BenchRow {
+    /// The GEMMs run in FP8 (the row's GEMM quantization or its precision).
+    pub fn is_fp8(&self) -> bool {
+        let fp8 = |q: &Option<String>| q.as_deref().is_some_and(|q| q.to_ascii_lowercase().starts_with("fp8"));
+        fp8(&self.gemm_quant) || fp8(&self.precision)
+    }
+
     /// An empty row of `client` from `source`, for importers to fill in.
     pub fn new(source: String, client: Client) -> BenchRow {
         BenchRow {

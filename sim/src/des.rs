@@ -99,6 +99,8 @@ pub struct Simulation<E: Executor> {
     /// `stack.frontend_ms`: a request reaches the scheduler this long after
     /// the client sent it (its arrival time, from which TTFT counts).
     frontend_ns: u64,
+    /// Closed loop: requests sent so far to replace one that left.
+    replaced: u64,
 }
 
 impl<E: Executor> Simulation<E> {
@@ -146,6 +148,7 @@ impl<E: Executor> Simulation<E> {
             conversations,
             departures: Vec::new(),
             frontend_ns: (s.stack.frontend_ms * 1e6).round() as u64,
+            replaced: 0,
         })
     }
 
@@ -286,9 +289,13 @@ impl<E: Executor> Simulation<E> {
                 }
             }
         }
-        if let ArrivalMode::ClosedLoop { think_time_ns, .. } = self.mode {
+        if let ArrivalMode::ClosedLoop { concurrency, think_time_ns, drift_ns, .. } = self.mode {
+            let n = concurrency.max(1) as u64;
             for _ in self.departed + continued..departed {
-                self.release_next(Some(now + think_time_ns))?;
+                // The first N replacements spread the users out of step.
+                let drift = if self.replaced < n { drift_ns * self.replaced / n } else { 0 };
+                self.replaced += 1;
+                self.release_next(Some(now + think_time_ns + drift))?;
             }
         }
         self.departed = departed;

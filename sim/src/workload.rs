@@ -121,6 +121,12 @@ pub struct WorkloadSpec {
     /// requests have drifted apart (0: all at once).
     #[serde(skip_serializing_if = "is_zero_f64")]
     pub ramp_up_ms: f64,
+    /// Closed loop: the i-th of the N requests that follow the first wave
+    /// is sent i/N of this after the request it replaces left, so users
+    /// who started together (a burst) drift out of step after their first
+    /// request, as a real client's do (0: they stay in lockstep).
+    #[serde(skip_serializing_if = "is_zero_f64")]
+    pub drift_ms: f64,
     pub think_time_ms: f64,
     pub cv: f64,
     pub input_tokens: LengthSpec,
@@ -147,6 +153,7 @@ impl Default for WorkloadSpec {
             warmup_requests: 0,
             concurrency: 16,
             ramp_up_ms: 0.0,
+            drift_ms: 0.0,
             think_time_ms: 0.0,
             cv: 2.0,
             input_tokens: LengthSpec::LogNormal { mean: SHAREGPT_MEAN_INPUT_TOKENS, sigma: SHAREGPT_SIGMA },
@@ -376,7 +383,7 @@ pub struct Request {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ArrivalMode {
     Open,
-    ClosedLoop { concurrency: u32, think_time_ns: u64, ramp_up_ns: u64 },
+    ClosedLoop { concurrency: u32, think_time_ns: u64, ramp_up_ns: u64, drift_ns: u64 },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -465,6 +472,8 @@ impl WorkloadSpec {
         if self.arrival == ClosedLoop {
             check(self.concurrency >= 1, "workload.concurrency", self.concurrency, "at least 1 user")?;
             check_think_time(self.think_time_ms, "workload.think_time_ms")?;
+            check_think_time(self.ramp_up_ms, "workload.ramp_up_ms")?;
+            check_think_time(self.drift_ms, "workload.drift_ms")?;
         }
         if synthetic && self.arrival == Gamma {
             // Outside this range the gamma distribution degenerates (shape 1/cv² under- or overflows).
@@ -624,6 +633,7 @@ impl Workload {
                 concurrency: spec.concurrency,
                 think_time_ns: (spec.think_time_ms * 1e6).round() as u64,
                 ramp_up_ns: (spec.ramp_up_ms * 1e6).round() as u64,
+                drift_ns: (spec.drift_ms * 1e6).round() as u64,
             },
             _ => ArrivalMode::Open,
         };

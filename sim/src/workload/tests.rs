@@ -105,7 +105,7 @@ fn offline_and_closed_loop_release_at_zero() {
     assert!(std::iter::from_fn(|| w.next_request().unwrap()).all(|r| r.arrival_ns == 0));
     let s = spec("arrival = \"closed_loop\"\nconcurrency = 4\nthink_time_ms = 1.5\nnum_requests = 10");
     let w = Workload::open(&s, 0, 4096, Path::new("/")).unwrap();
-    assert_eq!(w.mode(), ArrivalMode::ClosedLoop { concurrency: 4, think_time_ns: 1_500_000, ramp_up_ns: 0 });
+    assert_eq!(w.mode(), ArrivalMode::ClosedLoop { concurrency: 4, think_time_ns: 1_500_000, ramp_up_ns: 0, drift_ns: 0 });
     assert!(all(&s, 0, 4096).iter().all(|r| r.arrival_ns == 0));
 }
 
@@ -231,6 +231,8 @@ fn validate_names_the_first_bad_key() {
         ("arrival = \"gamma\"\ncv = 1e-200", "workload.cv"),
         ("rate_per_s = 1e-300", "workload.rate_per_s"),
         ("arrival = \"closed_loop\"\nthink_time_ms = 1e300", "workload.think_time_ms"),
+        ("arrival = \"closed_loop\"\nramp_up_ms = -1.0", "workload.ramp_up_ms"),
+        ("arrival = \"closed_loop\"\ndrift_ms = 1e300", "workload.drift_ms"),
         ("arrival = \"closed_loop\"\nconcurrency = 0", "workload.concurrency"),
         ("num_requests = 0", "workload.num_requests"),
         ("trace = { path = \"t.csv\", time_scale = 0.0 }", "workload.trace.time_scale"),
