@@ -15,10 +15,12 @@ use servetwin_sim::metrics::Summary;
 
 use crate::row::{BenchRow, Lengths, Mode};
 
-/// How the predicted client runs, per user of a closed loop: requests sent
-/// in all and the first ones not counted (genai-perf's and aiperf's
-/// `--request-count` / `--warmup-request-count`, as AIConfigurator's silicon
-/// runs set them per concurrency).
+/// How the predicted client runs, per user of a closed loop: requests
+/// measured and requests sent before them and not counted (genai-perf's
+/// `--request-count` / `--warmup-request-count`, which AIConfigurator's
+/// silicon runs set to 10 and 2 per user). The warm-up default is 0: those
+/// clients finish their warm-up before the measured phase, which then starts
+/// with every user at once, as from idle.
 #[derive(Debug, Clone)]
 pub struct CheckOptions {
     /// `--set KEY=VALUE` for every row, after the row's own keys.
@@ -29,7 +31,7 @@ pub struct CheckOptions {
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { sets: Vec::new(), requests_per_user: 10, warmup_per_user: 2 }
+        CheckOptions { sets: Vec::new(), requests_per_user: 10, warmup_per_user: 0 }
     }
 }
 
@@ -155,7 +157,7 @@ pub fn row_overrides(row: &BenchRow, opts: &CheckOptions) -> Result<Vec<String>,
     match (row.load.concurrency, row.load.rate_per_s) {
         (Some(c), None) => {
             let warm = c * opts.warmup_per_user;
-            let total = row.num_requests.map_or(c * opts.requests_per_user, |n| n + row.warmup_requests.unwrap_or(warm));
+            let total = row.num_requests.unwrap_or(c * opts.requests_per_user) + row.warmup_requests.unwrap_or(warm);
             o.push("workload.arrival=\"closed_loop\"".into());
             o.push(format!("workload.concurrency={c}"));
             o.push(format!("workload.num_requests={}", total.max(warm + 1)));
@@ -187,17 +189,19 @@ fn toml_str(s: &str) -> String {
 }
 
 /// Predicts one row: its summary and the preset it used. A closed loop is
-/// simulated twice: once with every user starting at once, then with the
-/// users' first requests spread over the mean request lifetime that run
-/// found — the steady state a client reaches once its users drift out of
-/// step (with fixed lengths a simulated loop never drifts by itself).
+/// simulated twice: once in lockstep, then with the replacements of the
+/// first wave spread over the mean request lifetime that run found
+/// (`workload.drift_ms`). The users start in a burst, as the measured phase
+/// does, and drift out of step as a real client's do (jitter in arrival,
+/// tokenization and streaming); with fixed lengths a simulated loop never
+/// drifts by itself.
 pub fn predict(row: &BenchRow, opts: &CheckOptions) -> Result<(Summary, String), String> {
     let mut sets = row_overrides(row, opts)?;
     let (first, preset, closed_loop) = predict_with(row, &sets)?;
-    if !closed_loop || has_set(&opts.sets, "workload.ramp_up_ms") {
+    if !closed_loop || has_set(&opts.sets, "workload.drift_ms") || has_set(&opts.sets, "workload.ramp_up_ms") {
         return Ok((first, preset));
     }
-    sets.push(format!("workload.ramp_up_ms={}", first.mean_e2el_ms.max(0.0)));
+    sets.push(format!("workload.drift_ms={}", first.mean_e2el_ms.max(0.0)));
     let (staggered, preset, _) = predict_with(row, &sets)?;
     Ok((staggered, preset))
 }

@@ -309,9 +309,21 @@ fn rewrite(p: &servetwin_sim::stack::Preset, values: &[(String, f64, f64)], data
         let rounded = if k.ends_with("efficiency") { (v * 1e4).round() / 1e4 } else { (v * 1e3).round() / 1e3 };
         fitted_doc += &format!("\"{k}\" = {rounded} # ± {se:.3}\n");
     }
+    // toml_edit keeps the comments above a table header as that table's
+    // prefix: the last [scenario] comments must not go with [fitted].
+    let kept = doc
+        .get("fitted")
+        .and_then(|t| t.as_table())
+        .and_then(|t| t.decor().prefix())
+        .and_then(|p| p.as_str())
+        .map(|p| p.split("# Written by `servetwin bench fit`").next().unwrap_or("").trim_end().to_string())
+        .unwrap_or_default();
     doc.remove("fitted");
     doc.remove("calibration");
     let mut text = doc.to_string();
+    if !kept.trim().is_empty() {
+        text = format!("{}\n{}\n", text.trim_end(), kept.trim_start_matches('\n'));
+    }
     text += &format!(
         "\n# Written by `servetwin bench fit` (robust least squares on log error of mean TTFT and TPOT;\n# ± is one standard error).\n[fitted]\n{fitted_doc}\n[calibration]\ndata = {}\nrows = {rows}\nmedian_abs_err_pct = {:.2}\np90_abs_err_pct = {:.2}\n",
         toml::Value::String(data.to_string()),
@@ -319,4 +331,30 @@ fn rewrite(p: &servetwin_sim::stack::Preset, values: &[(String, f64, f64)], data
         p90 * 100.0
     );
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rewrite;
+
+    /// A rewrite replaces the fitted values and keeps every comment that is
+    /// not its own, including those just above `[fitted]`.
+    #[test]
+    fn rewrite_keeps_the_presets_own_comments() {
+        for name in ["vllm-0.12", "sglang-0.5", "trtllm-1.0"] {
+            let p = servetwin_sim::stack::resolve(name).unwrap();
+            let before = servetwin_sim::stack::text(&p.name);
+            let values = vec![("stack.frontend_ms".to_string(), 12.3456, 0.5)];
+            let after = rewrite(&p, &values, "d.csv", 7, 0.1, 0.2).unwrap();
+            let own = |t: &str| -> Vec<String> {
+                let t = &t[..t.find("# Written by").unwrap()];
+                t.lines().filter(|l| l.trim_start().starts_with('#')).map(str::to_string).collect()
+            };
+            assert_eq!(own(before), own(&after), "{name}");
+            assert!(after.contains("\"stack.frontend_ms\" = 12.346 # ± 0.500"), "{after}");
+            assert!(after.contains("rows = 7\nmedian_abs_err_pct = 10.00\np90_abs_err_pct = 20.00"), "{after}");
+            assert_eq!(after.matches("\n[fitted]\n").count(), 1);
+            assert!(after.parse::<toml_edit::DocumentMut>().is_ok());
+        }
+    }
 }

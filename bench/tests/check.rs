@@ -41,3 +41,15 @@ fn what_a_file_does_not_say_must_be_set() {
     row.layout.tp = None;
     assert!(row_overrides(&row, &opts).unwrap_err().contains("parallelism.tp"));
 }
+
+#[test]
+fn a_closed_loop_row_is_measured_from_a_burst_of_its_users() {
+    let row = train().into_iter().find(|r| r.mode == Mode::Agg && r.load.concurrency.is_some() && r.num_requests.is_none()).unwrap();
+    let c = row.load.concurrency.unwrap();
+    let sets = row_overrides(&row, &CheckOptions::default()).unwrap();
+    assert!(sets.contains(&format!("workload.num_requests={}", 10 * c)), "{sets:?}");
+    assert!(sets.contains(&"workload.warmup_requests=0".to_string()), "{sets:?}");
+    let opts = CheckOptions { warmup_per_user: 2, ..Default::default() };
+    let sets = row_overrides(&row, &opts).unwrap();
+    assert!(sets.contains(&format!("workload.num_requests={}", 12 * c)), "warm-up is sent on top: {sets:?}");
+}
