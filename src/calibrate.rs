@@ -43,7 +43,7 @@ pub fn run(profile: &Path, scenario: Option<&Path>, set: &[String], out: Option<
     }
     let base = &base;
     let tp = loaded.scenario.parallelism.tp;
-    p.check_tp(tp)?;
+    p.check_tp_measured(tp)?;
     let f = fit(&p.rows, &loaded.model, &loaded.gpu, base, tp);
     let mut text = to_toml(&f, &profile.display().to_string());
     if let Some((_, lines)) = &ar {

@@ -27,11 +27,15 @@ pub struct CheckOptions {
     pub sets: Vec<String>,
     pub requests_per_user: u32,
     pub warmup_per_user: u32,
+    /// The users' spread after the first wave, as a fraction of the mean
+    /// request lifetime; `None`: the preset's fitted `client.drift` (1 when
+    /// it has none).
+    pub client_drift: Option<f64>,
 }
 
 impl Default for CheckOptions {
     fn default() -> Self {
-        CheckOptions { sets: Vec::new(), requests_per_user: 10, warmup_per_user: 0 }
+        CheckOptions { sets: Vec::new(), requests_per_user: 10, warmup_per_user: 0, client_drift: None }
     }
 }
 
@@ -190,37 +194,43 @@ fn toml_str(s: &str) -> String {
 
 /// Predicts one row: its summary and the preset it used. A closed loop is
 /// simulated twice: once in lockstep, then with the replacements of the
-/// first wave spread over the mean request lifetime that run found
-/// (`workload.drift_ms`). The users start in a burst, as the measured phase
+/// first wave spread over the preset's `client.drift` fraction of the mean
+/// request lifetime that run found (`workload.drift_ms`). The users start in a burst, as the measured phase
 /// does, and drift out of step as a real client's do (jitter in arrival,
 /// tokenization and streaming); with fixed lengths a simulated loop never
 /// drifts by itself.
 pub fn predict(row: &BenchRow, opts: &CheckOptions) -> Result<(Summary, String), String> {
     let mut sets = row_overrides(row, opts)?;
-    let (first, preset, closed_loop) = predict_with(row, &sets)?;
+    let (first, preset, closed_loop, preset_drift) = predict_with(row, &sets)?;
     if !closed_loop || has_set(&opts.sets, "workload.drift_ms") || has_set(&opts.sets, "workload.ramp_up_ms") {
         return Ok((first, preset));
     }
-    sets.push(format!("workload.drift_ms={}", first.mean_e2el_ms.max(0.0)));
-    let (staggered, preset, _) = predict_with(row, &sets)?;
+    let drift = opts.client_drift.or(preset_drift).unwrap_or(1.0).clamp(0.0, 1.0);
+    if drift == 0.0 {
+        return Ok((first, preset));
+    }
+    sets.push(format!("workload.drift_ms={}", drift * first.mean_e2el_ms.max(0.0)));
+    let (staggered, preset, ..) = predict_with(row, &sets)?;
     Ok((staggered, preset))
 }
 
-/// The summary, the preset used and whether the load is a closed loop.
-fn predict_with(row: &BenchRow, sets: &[String]) -> Result<(Summary, String, bool), String> {
+/// The summary, the preset used, whether the load is a closed loop, and the
+/// preset's fitted client drift.
+fn predict_with(row: &BenchRow, sets: &[String]) -> Result<(Summary, String, bool, Option<f64>), String> {
     let loaded = servetwin_sim::scenario::load_str("", Path::new(&row.source), sets).map_err(|e| match e {
         // The row is the location; the key and what was wrong are the reason.
         servetwin_sim::scenario::ScenarioError::Invalid { key, msg, .. } => format!("{key}: {msg}"),
         other => other.to_string(),
     })?;
     let preset = loaded.scenario.stack.preset.clone().unwrap_or_else(|| "none".into());
+    let drift = loaded.preset.as_ref().and_then(|p| p.client_drift());
     let closed_loop = loaded.scenario.workload.arrival == servetwin_sim::workload::ArrivalKind::ClosedLoop;
     let cost = loaded.cost_model().map_err(|e| e.to_string())?;
     let summary = simulate(&loaded, || cost.clone()).map_err(|e| e.to_string())?;
     if summary.completed == 0 {
         return Err(format!("no request completed in the simulation ({:?})", summary.not_completed_reasons));
     }
-    Ok((summary, preset, closed_loop))
+    Ok((summary, preset, closed_loop, drift))
 }
 
 /// (metric, measured, predicted) of every metric the row measured.

@@ -101,6 +101,9 @@ fn params_for(rows: &[BenchRow]) -> Vec<Param> {
         Param { key: "cost.gemm_efficiency", start: 0.7, fraction: true },
         Param { key: "cost.memory_efficiency", start: 0.85, fraction: true },
     ];
+    if rows.iter().any(|r| r.load.concurrency.is_some() && r.load.rate_per_s.is_none()) {
+        p.push(Param { key: "client.drift", start: 0.5, fraction: true });
+    }
     let fp8 = rows.iter().any(BenchRow::is_fp8);
     let bf16 = rows.iter().any(|r| !r.is_fp8());
     if fp8 {
@@ -120,7 +123,11 @@ fn params_for(rows: &[BenchRow]) -> Vec<Param> {
 fn residuals(rows: &[BenchRow], base: &CheckOptions, params: &[Param], x: &[f64]) -> Vec<Result<Vec<f64>, String>> {
     let mut opts = base.clone();
     for (p, v) in params.iter().zip(x) {
-        opts.sets.push(format!("{}={v}", p.key));
+        if p.key == "client.drift" {
+            opts.client_drift = Some(*v);
+        } else {
+            opts.sets.push(format!("{}={v}", p.key));
+        }
     }
     rows.par_iter()
         .map(|r| {
@@ -178,43 +185,12 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
     Some(x)
 }
 
-pub fn fit(all: &[BenchRow], opts: &FitOptions) -> Result<FitResult, String> {
-    let target = servetwin_sim::stack::resolve(&opts.preset).map_err(|e| e.to_string())?;
-    let rows: Vec<BenchRow> = all
-        .iter()
-        .filter(|r| {
-            // Rows `check` cannot express (disaggregated ones) are reported, not fitted.
-            let b = r.backend.clone().unwrap_or_default();
-            servetwin_sim::stack::resolve_parts(&b, r.backend_version.as_deref().unwrap_or("")).is_ok_and(|p| p.name == target.name)
-        })
-        .cloned()
-        .collect();
-    if rows.is_empty() {
-        return Err(format!("no row of the files is a {} run (backend and version resolve to another preset or none)", target.name));
-    }
-    let expressible: Vec<BenchRow> = rows.iter().filter(|r| r.mode == crate::row::Mode::Agg).cloned().collect();
-    let params = params_for(if expressible.is_empty() { &rows } else { &expressible });
-    let x0: Vec<f64> = params.iter().map(|p| p.start).collect();
-    let start = residuals(&rows, &opts.check, &params, &x0);
-    let keep: Vec<bool> = start.iter().map(Result::is_ok).collect();
-    let failed: Vec<(String, String)> =
-        rows.iter().zip(&start).filter_map(|(r, res)| res.as_ref().err().map(|why| (r.source.clone(), why.clone()))).collect();
-    let fitted_rows = keep.iter().filter(|&&k| k).count();
-    if fitted_rows == 0 {
-        return Err(format!("none of the {} {} rows could be predicted: {}", rows.len(), target.name, failed[0].1));
-    }
-    let eval = |u: &[f64]| -> Vec<f64> {
-        let x: Vec<f64> = params.iter().zip(u).map(|(p, &u)| p.from_u(u)).collect();
-        let res = residuals(&rows, &opts.check, &params, &x);
-        // A row failing at some parameters (e.g. the model no longer fits)
-        // counts as far off rather than vanishing from the fit.
-        res.iter().zip(&keep).filter(|(_, &k)| k).flat_map(|(r, _)| r.clone().unwrap_or_else(|_| vec![3.0; 2])).collect()
-    };
-    let mut u: Vec<f64> = params.iter().zip(&x0).map(|(p, &x)| p.to_u(x)).collect();
-    let mut r = flat(&start, &keep);
-    let start_med = abs_pct(&r).0;
-    let mut lambda = 1e-2;
+/// Huber-weighted Levenberg–Marquardt from `u` (residuals `r` there), in
+/// the parameters' transformed space: the optimum, its residuals and the
+/// Jacobian of the last step.
+fn levenberg_marquardt(eval: &dyn Fn(&[f64]) -> Vec<f64>, mut u: Vec<f64>, mut r: Vec<f64>) -> (Vec<f64>, Vec<f64>, Vec<Vec<f64>>) {
     let n = u.len();
+    let mut lambda = 1e-2;
     let mut jac = vec![vec![0.0; n]; r.len()];
     for _iter in 0..12 {
         const H: f64 = 0.05;
@@ -264,6 +240,64 @@ pub fn fit(all: &[BenchRow], opts: &FitOptions) -> Result<FitResult, String> {
             break;
         }
     }
+    (u, r, jac)
+}
+
+pub fn fit(all: &[BenchRow], opts: &FitOptions) -> Result<FitResult, String> {
+    let target = servetwin_sim::stack::resolve(&opts.preset).map_err(|e| e.to_string())?;
+    let rows: Vec<BenchRow> = all
+        .iter()
+        .filter(|r| {
+            // Rows `check` cannot express (disaggregated ones) are reported, not fitted.
+            let b = r.backend.clone().unwrap_or_default();
+            servetwin_sim::stack::resolve_parts(&b, r.backend_version.as_deref().unwrap_or("")).is_ok_and(|p| p.name == target.name)
+        })
+        .cloned()
+        .collect();
+    if rows.is_empty() {
+        return Err(format!("no row of the files is a {} run (backend and version resolve to another preset or none)", target.name));
+    }
+    let expressible: Vec<BenchRow> = rows.iter().filter(|r| r.mode == crate::row::Mode::Agg).cloned().collect();
+    let params = params_for(if expressible.is_empty() { &rows } else { &expressible });
+    let x0: Vec<f64> = params.iter().map(|p| p.start).collect();
+    let start = residuals(&rows, &opts.check, &params, &x0);
+    let keep: Vec<bool> = start.iter().map(Result::is_ok).collect();
+    let failed: Vec<(String, String)> =
+        rows.iter().zip(&start).filter_map(|(r, res)| res.as_ref().err().map(|why| (r.source.clone(), why.clone()))).collect();
+    let fitted_rows = keep.iter().filter(|&&k| k).count();
+    if fitted_rows == 0 {
+        return Err(format!("none of the {} {} rows could be predicted: {}", rows.len(), target.name, failed[0].1));
+    }
+    let eval = |u: &[f64]| -> Vec<f64> {
+        let x: Vec<f64> = params.iter().zip(u).map(|(p, &u)| p.from_u(u)).collect();
+        let res = residuals(&rows, &opts.check, &params, &x);
+        // A row failing at some parameters (e.g. the model no longer fits)
+        // counts as far off rather than vanishing from the fit.
+        res.iter().zip(&keep).filter(|(_, &k)| k).flat_map(|(r, _)| r.clone().unwrap_or_else(|_| vec![3.0; 2])).collect()
+    };
+    let r0 = flat(&start, &keep);
+    let start_med = abs_pct(&r0).0;
+    // The client's drift trades off against the step overheads (both spread
+    // prefills among decodes), so the fit starts from a lockstep-like and a
+    // well-spread client and keeps the better optimum.
+    let drift = params.iter().position(|p| p.key == "client.drift");
+    let starts: Vec<Vec<f64>> = match drift {
+        Some(k) => [0.3, 0.9]
+            .iter()
+            .map(|&d| params.iter().enumerate().map(|(j, p)| p.to_u(if j == k { d } else { p.start })).collect())
+            .collect(),
+        None => vec![params.iter().map(|p| p.to_u(p.start)).collect()],
+    };
+    let mut best: Option<(Vec<f64>, Vec<f64>, Vec<Vec<f64>>)> = None;
+    for u0 in starts {
+        let r = if drift.is_some() { eval(&u0) } else { r0.clone() };
+        let (u, r, jac) = levenberg_marquardt(&eval, u0, r);
+        if best.as_ref().is_none_or(|(_, br, _)| loss(&r) < loss(br)) {
+            best = Some((u, r, jac));
+        }
+    }
+    let (u, r, jac) = best.expect("at least one start");
+    let n = u.len();
     // Standard errors: s² (JᵀWJ)⁻¹ at the optimum, in the parameters' units.
     let w = huber(&r);
     let dof = (r.len() as f64 - n as f64).max(1.0);

@@ -325,9 +325,20 @@ impl Profile {
     }
 
     /// The tensor-parallel degree the profile was measured at (its `tp`
-    /// line; 1 where it has none) must be the scenario's: a step of a group
-    /// costs its all-reduces, which one GPU's table does not hold.
+    /// line; 1 where it has none) must be the scenario's, or 1: one GPU's
+    /// table then serves a group with its shard's work and the all-reduces
+    /// modelled (see `ProfiledCost::step_cost`). A group's table holds its
+    /// all-reduces, which cannot be taken out again for another degree.
     pub fn check_tp(&self, tp: u32) -> Result<(), ProfileError> {
+        if self.tp() == 1 {
+            return Ok(());
+        }
+        self.check_tp_measured(tp)
+    }
+
+    /// The profile was measured at exactly `tp` (what fitting its own
+    /// roofline needs).
+    pub fn check_tp_measured(&self, tp: u32) -> Result<(), ProfileError> {
         let got = self.tp();
         if got == tp {
             return Ok(());
@@ -460,6 +471,11 @@ pub struct Coverage {
     pub fitted_step_overhead_us: f64,
     /// Its error over the table's rows (%).
     pub fit_mape_pct: f64,
+    /// The degree the table was measured at and the scenario's; where they
+    /// differ, every step is the table's time plus the fitted roofline's
+    /// difference between the two (shard work and all-reduces).
+    pub profile_tp: u32,
+    pub tp: u32,
 }
 
 /// The `profiled` cost model (see the module doc).
@@ -469,6 +485,9 @@ pub struct ProfiledCost {
     decode: Surface,
     /// Boxed so that the two cost models an enum holds are of a size.
     roofline: Box<Roofline>,
+    /// The same fitted roofline at the scenario's TP, where a one-GPU table
+    /// serves a group.
+    scaled: Option<Box<Roofline>>,
     coverage: Coverage,
     /// The profile's mixed rows that compose from the table.
     mixed: Vec<MixedRow>,
@@ -477,18 +496,20 @@ pub struct ProfiledCost {
 }
 
 impl ProfiledCost {
-    /// The model for `profile` measured on `model` split over a `tp`-way
-    /// tensor-parallel group (the profile's own `tp`); `gpu` and `base` give
-    /// the roofline its peaks and the factors the fit does not touch.
+    /// The model for `profile` measured on `model` serving a `tp`-way
+    /// tensor-parallel group (the profile's own `tp`, or a one-GPU profile);
+    /// `gpu` and `base` give the roofline its peaks and the factors the fit
+    /// does not touch (the all-reduce's latency and link among them).
     pub fn new(profile: &Profile, model: &ModelConfig, gpu: &GpuConfig, base: &CostSpec, tp: u32) -> Result<Self, ProfileError> {
         profile.check_model(model)?;
         profile.check_tp(tp)?;
+        let profile_tp = profile.tp();
         let points = |kind: RowKind, key: fn(&ProfileRow) -> (f64, f64)| -> Vec<(f64, f64, f64)> {
             profile.rows.iter().filter(|r| r.kind == kind).map(|r| (key(r).0, key(r).1, r.median_ns as f64 * 1e-9)).collect()
         };
         let prefill = Surface::new(&points(RowKind::Prefill, |r| (r.prefill_tokens as f64, r.prefill_context_tokens as f64)));
         let decode = Surface::new(&points(RowKind::Decode, |r| (r.decode_seqs as f64, r.decode_context_tokens as f64)));
-        let fit = crate::calibrate::fit(&profile.rows, model, gpu, base, tp);
+        let fit = crate::calibrate::fit(&profile.rows, model, gpu, base, profile_tp);
         let coverage = Coverage {
             profile: profile.path.display().to_string(),
             fitted_gemm_efficiency: fit.spec.gemm_efficiency,
@@ -496,12 +517,15 @@ impl ProfiledCost {
             fitted_memory_efficiency: fit.spec.memory_efficiency,
             fitted_step_overhead_us: fit.spec.step_overhead_us,
             fit_mape_pct: fit.mape_pct,
+            profile_tp,
+            tp,
             ..Default::default()
         };
         let mut cost = ProfiledCost {
             prefill,
             decode,
-            roofline: Box::new(Roofline::sharded(&model.shard(tp), gpu, &fit.spec, tp)),
+            roofline: Box::new(Roofline::sharded(&model.shard(profile_tp), gpu, &fit.spec, profile_tp)),
+            scaled: (tp != profile_tp).then(|| Box::new(Roofline::sharded(&model.shard(tp), gpu, &fit.spec, tp))),
             coverage,
             mixed: Vec::new(),
             inside: Cell::new(0),
@@ -577,7 +601,26 @@ impl ProfiledCost {
 }
 
 impl CostModel for ProfiledCost {
+    /// The profile's degree's time, moved to the scenario's degree where
+    /// they differ: plus the fitted roofline's change (the shard's smaller
+    /// GEMMs and attention, the added all-reduces), never below the table's
+    /// time split perfectly over the group.
     fn step_cost(&self, s: &BatchShape) -> StepCost {
+        let here = self.at_profile_tp(s);
+        let Some(scaled) = &self.scaled else { return here };
+        let total = |c: &StepCost| c.op_s.iter().sum::<f64>();
+        let at_tp = scaled.step_cost(s);
+        let t_here = here.duration_ns as f64 * 1e-9;
+        let t = (t_here + total(&at_tp) - total(&self.roofline.step_cost(s))).max(t_here / self.coverage.tp as f64);
+        let at_s = total(&at_tp);
+        let scale = if at_s > 0.0 { t / at_s } else { 0.0 };
+        StepCost { duration_ns: (t * 1e9).round() as u64, op_s: at_tp.op_s.map(|x| x * scale), ..at_tp }
+    }
+}
+
+impl ProfiledCost {
+    /// A step's cost at the profile's own degree.
+    fn at_profile_tp(&self, s: &BatchShape) -> StepCost {
         let fitted = self.roofline.step_cost(s);
         if s.tokens == 0 {
             return fitted;
@@ -790,5 +833,36 @@ mod tests {
         let alone = Roofline::new(&m, &g, &base).step_cost(&far);
         let grouped = cost.step_cost(&far);
         assert!(grouped.breakdown().comm_ns > 0 && alone.breakdown().comm_ns == 0, "{:?} vs {:?}", grouped.breakdown(), alone.breakdown());
+    }
+
+    #[test]
+    fn a_one_gpu_profile_serves_a_group_with_its_shard_and_all_reduces() {
+        let m = ModelConfig::resolve(&crate::model::ModelSpec { name: "llama-3.1-8b".into(), ..Default::default() }).unwrap();
+        let g = crate::hardware::GpuConfig::resolve(&crate::hardware::HardwareSpec { gpu: "h200".into(), ..Default::default() }).unwrap();
+        let rows: Vec<ProfileRow> = [1, 8, 64]
+            .iter()
+            .flat_map(|&b| [256u64, 4096].map(|c| row(RowKind::Decode, (0, 0), (b, b as u64 * c), 4_000_000 + 20_000 * b as u64)))
+            .chain([128, 1024, 4096].map(|t| row(RowKind::Prefill, (t, 0), (0, 0), 5_000_000 + 60_000 * t as u64)))
+            .collect();
+        let lines = (0..rows.len() as u64).collect();
+        let p = Profile { path: "one.csv".into(), meta: vec![("model_shape".into(), model_shape(&m))], rows, lines };
+        let base = CostSpec::default();
+        assert!(p.check_tp_measured(2).is_err(), "fitting its roofline needs its own degree");
+        let one = ProfiledCost::new(&p, &m, &g, &base, 1).unwrap();
+        let two = ProfiledCost::new(&p, &m, &g, &base, 2).unwrap();
+        let eight = ProfiledCost::new(&p, &m, &g, &base, 8).unwrap();
+        assert_eq!((two.coverage().profile_tp, two.coverage().tp), (1, 2));
+        let mut prefill = BatchShape::default();
+        prefill.add(2048, 0, false);
+        let (t1, t2, t8) = (one.step_cost(&prefill), two.step_cost(&prefill), eight.step_cost(&prefill));
+        // A long prefill is compute: the group is faster, never more than
+        // perfectly so, and it pays all-reduces one GPU does not.
+        assert!(t2.duration_ns < t1.duration_ns && t8.duration_ns < t2.duration_ns, "{t1:?} {t2:?} {t8:?}");
+        assert!(t2.duration_ns * 2 >= t1.duration_ns && t8.duration_ns * 8 >= t1.duration_ns);
+        assert!(t2.breakdown().comm_ns > 0 && t1.breakdown().comm_ns == 0);
+        let sum = |c: &StepCost| c.op_s.iter().sum::<f64>();
+        assert!((sum(&t2) * 1e9 - t2.duration_ns as f64).abs() < 1e3, "the breakdown adds up to the time");
+        // Inside the table the one-GPU answer is the table's own.
+        assert_eq!(one.coverage().steps_in_table, 1);
     }
 }

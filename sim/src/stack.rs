@@ -199,15 +199,30 @@ impl Preset {
     }
 
     /// Scenario keys this preset sets, documented defaults then fitted
-    /// parameters, as (dotted key, value).
+    /// parameters, as (dotted key, value). The fitted `client.*` keys
+    /// describe the benchmark client, not the deployment, and are not among
+    /// them.
     pub fn keys(&self) -> Vec<(String, toml::Value)> {
         let mut out = Vec::new();
         for t in [&self.file.scenario, &self.file.fitted] {
             flatten("", t, &mut out);
         }
+        out.retain(|(k, _)| !k.starts_with(CLIENT_PREFIX));
         out
     }
+
+    /// The fitted `client.drift`: how far a closed-loop client's users, who
+    /// start in a burst, spread out after their first request, as a fraction
+    /// of the mean request lifetime (`bench check` sets `workload.drift_ms`
+    /// from it). A stack whose scheduler keeps the users in lockstep has a
+    /// small one: SGLang runs a wave's prefills apart from the decodes.
+    pub fn client_drift(&self) -> Option<f64> {
+        self.file.fitted.get("client").and_then(|c| c.get("drift")).and_then(|v| v.as_float())
+    }
 }
+
+/// Fitted keys that are the benchmark client's, not scenario keys.
+pub const CLIENT_PREFIX: &str = "client.";
 
 fn flatten(prefix: &str, t: &toml::Table, out: &mut Vec<(String, toml::Value)>) {
     for (k, v) in t {
@@ -263,6 +278,19 @@ mod tests {
         assert_eq!(resolve("sglang-0.5.8.post1").unwrap().note, None);
         assert_eq!(resolve("TensorRT-LLM-1.0.0rc3").unwrap().name, "trtllm-1.0");
         assert!(matches!(resolve("tgi-3"), Err(PresetError::UnknownStack(..))));
+    }
+
+    #[test]
+    fn the_fitted_client_drift_is_the_clients_not_a_scenario_key() {
+        let mut p = resolve("vllm-0.12").unwrap();
+        p.file.fitted.remove("client");
+        assert_eq!(p.client_drift(), None);
+        let text = "[client]\ndrift = 0.25\n[cost]\ngemm_efficiency = 0.5\n";
+        p.file.fitted = toml::from_str(text).unwrap();
+        assert_eq!(p.client_drift(), Some(0.25));
+        let keys: Vec<String> = p.keys().into_iter().map(|(k, _)| k).collect();
+        assert!(keys.contains(&"cost.gemm_efficiency".to_string()), "{keys:?}");
+        assert!(!keys.iter().any(|k| k.starts_with(CLIENT_PREFIX)), "{keys:?}");
     }
 
     #[test]
