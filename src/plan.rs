@@ -181,6 +181,9 @@ impl Ctx<'_> {
 
 pub fn run(a: PlanArgs) -> anyhow::Result<()> {
     let base = scenario::load(&a.scenario, &a.set, None)?;
+    if let (Some(p), false) = (&base.preset, a.quiet) {
+        eprintln!("{}", p.describe());
+    }
     let s = &base.scenario;
     let slo = &s.slo;
     if slo.ttft_ms.is_none() && slo.tpot_ms.is_none() && slo.e2el_ms.is_none() && slo.goodput_fraction.is_none() {

@@ -242,6 +242,12 @@ pub fn run(a: SweepArgs) -> anyhow::Result<()> {
             return Err(anyhow::Error::new(clone_err(e)).context(msg));
         }
     }
+    if !a.quiet {
+        // One line per preset the points use (a grid may vary stack.preset).
+        let presets: std::collections::BTreeSet<String> =
+            loaded.iter().filter_map(|(_, _, l)| l.as_ref().ok()?.preset.as_ref().map(|p| p.describe())).collect();
+        presets.iter().for_each(|d| eprintln!("{d}"));
+    }
     let start = Instant::now();
     let bar = (!a.quiet && std::io::stderr().is_terminal()).then(|| {
         let b = indicatif::ProgressBar::new(todo.len() as u64);

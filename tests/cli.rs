@@ -708,6 +708,13 @@ fn a_stack_preset_is_named_with_its_calibration_and_why_it_was_picked() {
     assert!(err.contains("no vllm 0.9 preset: using the nearest"), "{err}");
     let resolved = fs::read_to_string(dir.path().join("run/scenario.resolved.toml")).unwrap();
     assert!(resolved.contains("preset = \"vllm-0.12\""), "{resolved}");
+    // A sweep names every preset its points use.
+    let sweep = servetwin()
+        .args(["sweep"]).arg(&scenario).args(["--grid", "stack.preset=vllm-0.12,sglang-0.5", "--out"]).arg(dir.path().join("sweep"))
+        .output().unwrap();
+    assert!(sweep.status.success(), "{}", String::from_utf8_lossy(&sweep.stderr));
+    let err = String::from_utf8_lossy(&sweep.stderr);
+    assert!(err.contains("stack preset vllm-0.12: fitted on") && err.contains("stack preset sglang-0.5: fitted on"), "{err}");
     let bad = dir.path().join("bad.toml");
     fs::write(&bad, "[stack]\npreset = \"tgi-3\"\n").unwrap();
     let out = servetwin().arg("simulate").arg(&bad).output().unwrap();

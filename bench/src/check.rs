@@ -136,6 +136,12 @@ pub fn row_overrides(row: &BenchRow, opts: &CheckOptions) -> Result<Vec<String>,
     if fp8 {
         o.push("model.weight_dtype=\"fp8\"".into());
         o.push("model.activation_dtype=\"fp8\"".into());
+        // FP8 checkpoints as these stacks serve them (ModelOpt's, e.g.
+        // nvidia/Qwen3-32B-FP8: hf_quant_config.json `kv_cache_quant_algo =
+        // "FP8"`) quantize the KV cache too; the measured loads need it (at
+        // c128 × 2176 tokens TensorRT-LLM's Qwen3-32B on one H100 queues
+        // nothing, which a bf16 cache of ~40 GB could not hold).
+        o.push("model.kv_cache_dtype=\"fp8\"".into());
     }
     match &row.lengths {
         Lengths::Fixed { input, output } => {

@@ -53,3 +53,14 @@ fn a_closed_loop_row_is_measured_from_a_burst_of_its_users() {
     let sets = row_overrides(&row, &opts).unwrap();
     assert!(sets.contains(&format!("workload.num_requests={}", 12 * c)), "warm-up is sent on top: {sets:?}");
 }
+
+#[test]
+fn an_fp8_row_runs_fp8_weights_activations_and_kv_cache() {
+    let row = train().into_iter().find(|r| r.mode == Mode::Agg && r.is_fp8()).unwrap();
+    let sets = row_overrides(&row, &CheckOptions::default()).unwrap();
+    for k in ["model.weight_dtype", "model.activation_dtype", "model.kv_cache_dtype"] {
+        assert!(sets.contains(&format!("{k}=\"fp8\"")), "{k}: {sets:?}");
+    }
+    let bf16 = train().into_iter().find(|r| r.mode == Mode::Agg && !r.is_fp8()).unwrap();
+    assert!(!row_overrides(&bf16, &CheckOptions::default()).unwrap().iter().any(|s| s.contains("fp8")));
+}

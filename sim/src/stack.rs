@@ -217,7 +217,10 @@ impl Preset {
     /// from it). A stack whose scheduler keeps the users in lockstep has a
     /// small one: SGLang runs a wave's prefills apart from the decodes.
     pub fn client_drift(&self) -> Option<f64> {
-        self.file.fitted.get("client").and_then(|c| c.get("drift")).and_then(|v| v.as_float())
+        // `bench fit` writes the quoted key "client.drift"; a [client] table
+        // written by hand means the same.
+        let f = &self.file.fitted;
+        f.get("client.drift").or_else(|| f.get("client").and_then(|c| c.get("drift"))).and_then(|v| v.as_float())
     }
 }
 
@@ -288,6 +291,9 @@ mod tests {
         let text = "[client]\ndrift = 0.25\n[cost]\ngemm_efficiency = 0.5\n";
         p.file.fitted = toml::from_str(text).unwrap();
         assert_eq!(p.client_drift(), Some(0.25));
+        let shipped = resolve("sglang-0.5").unwrap();
+        assert!(shipped.client_drift().is_some_and(|d| d > 0.0 && d < 1.0), "as bench fit writes it");
+        assert!(!shipped.keys().iter().any(|(k, _)| k.starts_with(CLIENT_PREFIX)));
         let keys: Vec<String> = p.keys().into_iter().map(|(k, _)| k).collect();
         assert!(keys.contains(&"cost.gemm_efficiency".to_string()), "{keys:?}");
         assert!(!keys.iter().any(|k| k.starts_with(CLIENT_PREFIX)), "{keys:?}");
