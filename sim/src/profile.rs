@@ -801,15 +801,23 @@ mod tests {
         assert!((loo - 100.0 * ((rl / rs - 1.0).abs() + (rs / rl - 1.0).abs()) / 2.0).abs() < 0.01, "{loo}");
     }
 
-    #[test]
-    fn a_profile_serves_only_its_own_tensor_parallel_degree() {
+    /// Llama-3.1-8B on an H200, and a small table of its decode steps (1, 8
+    /// and 64 sequences at 256 and 4096 tokens each) and of prefills of
+    /// `prefills` tokens at `ns_per_token`.
+    fn llama_h200_table(prefills: &[u32], ns_per_token: u64) -> (ModelConfig, crate::hardware::GpuConfig, Vec<ProfileRow>) {
         let m = ModelConfig::resolve(&crate::model::ModelSpec { name: "llama-3.1-8b".into(), ..Default::default() }).unwrap();
         let g = crate::hardware::GpuConfig::resolve(&crate::hardware::HardwareSpec { gpu: "h200".into(), ..Default::default() }).unwrap();
         let rows: Vec<ProfileRow> = [1, 8, 64]
             .iter()
             .flat_map(|&b| [256u64, 4096].map(|c| row(RowKind::Decode, (0, 0), (b, b as u64 * c), 4_000_000 + 20_000 * b as u64)))
-            .chain([128, 1024].map(|t| row(RowKind::Prefill, (t, 0), (0, 0), 5_000_000 + 20_000 * t as u64)))
+            .chain(prefills.iter().map(|&t| row(RowKind::Prefill, (t, 0), (0, 0), 5_000_000 + ns_per_token * t as u64)))
             .collect();
+        (m, g, rows)
+    }
+
+    #[test]
+    fn a_profile_serves_only_its_own_tensor_parallel_degree() {
+        let (m, g, rows) = llama_h200_table(&[128, 1024], 20_000);
         let lines = (0..rows.len() as u64).collect();
         let mut p = Profile { path: "tp2.csv".into(), meta: vec![("model_shape".into(), model_shape(&m))], rows, lines };
         assert_eq!(p.tp(), 1, "no tp line: one GPU");
@@ -837,13 +845,7 @@ mod tests {
 
     #[test]
     fn a_one_gpu_profile_serves_a_group_with_its_shard_and_all_reduces() {
-        let m = ModelConfig::resolve(&crate::model::ModelSpec { name: "llama-3.1-8b".into(), ..Default::default() }).unwrap();
-        let g = crate::hardware::GpuConfig::resolve(&crate::hardware::HardwareSpec { gpu: "h200".into(), ..Default::default() }).unwrap();
-        let rows: Vec<ProfileRow> = [1, 8, 64]
-            .iter()
-            .flat_map(|&b| [256u64, 4096].map(|c| row(RowKind::Decode, (0, 0), (b, b as u64 * c), 4_000_000 + 20_000 * b as u64)))
-            .chain([128, 1024, 4096].map(|t| row(RowKind::Prefill, (t, 0), (0, 0), 5_000_000 + 60_000 * t as u64)))
-            .collect();
+        let (m, g, rows) = llama_h200_table(&[128, 1024, 4096], 60_000);
         let lines = (0..rows.len() as u64).collect();
         let p = Profile { path: "one.csv".into(), meta: vec![("model_shape".into(), model_shape(&m))], rows, lines };
         let base = CostSpec::default();

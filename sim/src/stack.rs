@@ -286,7 +286,7 @@ mod tests {
     #[test]
     fn the_fitted_client_drift_is_the_clients_not_a_scenario_key() {
         let mut p = resolve("vllm-0.12").unwrap();
-        p.file.fitted.remove("client");
+        p.file.fitted.remove("client.drift");
         assert_eq!(p.client_drift(), None);
         let text = "[client]\ndrift = 0.25\n[cost]\ngemm_efficiency = 0.5\n";
         p.file.fitted = toml::from_str(text).unwrap();
