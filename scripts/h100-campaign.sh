@@ -52,16 +52,19 @@ runs)
     tar cf "$OUT/runs-$1.tar" reports/validation/h100
     ;;
 ncu-prefill|ncu-decode)
-    # Per-kernel GPU time of steady-state steps: skip the start-up and warm-up
-    # launches, profile $COUNT, sum by kernel name (clocks not locked).
+    # Per-kernel GPU time of the last step (from the last embedding launch
+    # on; every launch is profiled, SKIP/COUNT narrow that), summed by
+    # kernel name (clocks not locked). A skip past the end left no rows.
     if [ $phase = ncu-prefill ]; then args=(--prefill "$1"); else args=(--batch "$1" --context "$2"); fi
     ncu --clock-control none --metrics gpu__time_duration.sum --csv --print-units base \
-        --launch-skip "${SKIP:-1500}" --launch-count "${COUNT:-700}" \
+        --launch-skip "${SKIP:-0}" --launch-count "${COUNT:-100000}" \
         "$BIN" engine bench --model llama-3.1-8b --backend cuda "${args[@]}" --out /tmp/ncu-bench.json ${NCU_SET:-} > /tmp/ncu.csv 2>/tmp/ncu.err
     python3 - /tmp/ncu.csv "$phase ${*}" > "$OUT/$phase-$1.txt" <<'PY'
 import csv, sys, collections
 rows = [r for r in csv.reader(l for l in open(sys.argv[1]) if l.startswith('"')) ]
 h = rows[0]; ki = h.index("Kernel Name"); vi = h.index("Metric Value")
+emb = [i for i, r in enumerate(rows) if i > 0 and r[ki].startswith("embedding")]
+if emb: rows = [h] + rows[emb[-1]:]  # the last step
 tot = collections.defaultdict(float); n = collections.Counter()
 for r in rows[1:]:
     try: v = float(r[vi])
